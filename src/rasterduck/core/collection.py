@@ -1,0 +1,209 @@
+"""Collection: a table of raster records (one row per scene) with cached COG headers per band."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+import shapely
+
+from ..errors import CollectionError
+from .schema import BBOX_TYPE, GEOMETRY_FIELD, METADATA_SUFFIX, band_columns, validate
+
+if TYPE_CHECKING:
+    from .accessor import RasterAccessor
+
+DEFAULT_ROW_GROUP = 64  # rows per Parquet row group: small, so DuckDB scans spread over the cores
+_WKB_TYPES = {1: "Point", 2: "LineString", 3: "Polygon", 4: "MultiPoint", 5: "MultiLineString", 6: "MultiPolygon", 7: "GeometryCollection"}
+
+
+class Collection:
+    """An Arrow table of records following the rasteret schema contract, plus collection metadata."""
+
+    def __init__(self, table: pa.Table, *, name: str = "", data_source: str = "", description: str = "") -> None:
+        validate(table.schema)
+        self._table = normalize(table)
+        self.name = name
+        self.data_source = data_source
+        self.description = description
+
+    # ---- basic facts ---------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return self._table.num_rows
+
+    def __repr__(self) -> str:
+        return f"Collection(name={self.name!r}, records={len(self)}, bands={self.bands})"
+
+    @property
+    def bands(self) -> list[str]:
+        """Band codes with a `{band}_metadata` column."""
+        return band_columns(self._table.schema)
+
+    def to_arrow(self) -> pa.Table:
+        """The records as an Arrow table (with GeoParquet-ready schema metadata)."""
+        return self._table.replace_schema_metadata(self._schema_metadata())
+
+    def errors(self) -> list[dict[str, Any]]:
+        """Assets that failed to build: record id, band, href and the message."""
+        if "build_errors" not in self._table.column_names:
+            return []
+        out = []
+        for rid, errs in zip(self._table["id"].to_pylist(), self._table["build_errors"].to_pylist(), strict=True):
+            for e in errs or []:
+                out.append({"id": rid, **e})
+        return out
+
+    # ---- iteration -----------------------------------------------------------------------------
+    def iterate_rasters(self, bands: Sequence[str] | None = None) -> Iterator[RasterAccessor]:
+        """One RasterAccessor per record (only the requested bands' metadata is converted)."""
+        from .accessor import RasterAccessor, RasterInfo
+
+        wanted = [b for b in (bands or self.bands) if b + METADATA_SUFFIX in self._table.column_names]
+        cols = [c for c in ("id", "datetime", "geometry", "assets", "bbox", "proj:epsg", "crs", "eo:cloud_cover", "collection")
+                if c in self._table.column_names]
+        cols += [b + METADATA_SUFFIX for b in wanted]
+        for batch in self._table.select(cols).to_batches(max_chunksize=1024):
+            for row in batch.to_pylist():
+                yield RasterAccessor(RasterInfo.from_row(row), self.data_source)
+
+    # ---- persistence ---------------------------------------------------------------------------
+    def to_parquet(self, path: str | Path, *, row_group_size: int = DEFAULT_ROW_GROUP) -> Path:
+        """Write one Parquet file (zstd, GeoParquet 1.1 `geo` metadata, small row groups)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(self.to_arrow(), path, compression="zstd", compression_level=3, row_group_size=row_group_size)
+        return path
+
+    def _schema_metadata(self) -> dict[bytes, bytes]:
+        t = self._table
+        meta = dict(t.schema.metadata or {})
+        dates = t["datetime"].drop_null() if "datetime" in t.column_names else None
+        date_range = ""
+        if dates is not None and len(dates):
+            lo, hi = pc.min(dates).as_py(), pc.max(dates).as_py()
+            date_range = f"{lo.isoformat()},{hi.isoformat()}"
+        base = {
+            b"name": self.name.encode(),
+            b"data_source": self.data_source.encode(),
+            b"description": self.description.encode(),
+            b"created": dt.datetime.now(dt.UTC).replace(tzinfo=None).isoformat().encode(),
+            b"date_range": date_range.encode(),
+            b"rasteret_collection_version": b"1",
+            b"rasterduck_version": b"1",
+        }
+        for k, v in base.items():
+            meta.setdefault(k, v)
+        if b"geo" not in meta:
+            meta[b"geo"] = json.dumps(_geo_metadata(t)).encode()
+        return meta
+
+
+def _geo_metadata(t: pa.Table) -> dict[str, Any]:
+    types = set()
+    for wkb in t["geometry"].drop_null().to_pylist():
+        if wkb and len(wkb) >= 5:
+            code = int.from_bytes(wkb[1:5], "little" if wkb[0] == 1 else "big") % 1000
+            if code in _WKB_TYPES:
+                types.add(_WKB_TYPES[code])
+    col: dict[str, Any] = {"encoding": "WKB", "geometry_types": sorted(types)}
+    if "bbox" in t.column_names:
+        col["covering"] = {"bbox": {k: ["bbox", k] for k in ("xmin", "ymin", "xmax", "ymax")}}
+    return {"version": "1.1.0", "primary_column": "geometry", "columns": {"geometry": col}}
+
+
+def normalize(t: pa.Table) -> pa.Table:
+    """Fill what the contract derives (bbox from geometry, crs/proj:epsg sidecars, year/month)."""
+    # geometry with GeoArrow WKB + CRS84 metadata
+    geom = t["geometry"]
+    if pa.types.is_large_binary(geom.type):
+        geom = geom.cast(pa.binary())
+    idx = t.schema.get_field_index("geometry")
+    t = t.set_column(idx, GEOMETRY_FIELD, geom)
+    if "id" in t.column_names and not pa.types.is_string(t.schema.field("id").type):
+        t = t.set_column(t.schema.get_field_index("id"), "id", t["id"].cast(pa.string()))
+    if "bbox" not in t.column_names or not pa.types.is_struct(t.schema.field("bbox").type):
+        boxes = []
+        for wkb in t["geometry"].to_pylist():
+            try:
+                g = shapely.from_wkb(wkb) if wkb else None
+            except shapely.errors.GEOSException:
+                g = None
+            if g is None or g.is_empty:
+                boxes.append(None)
+            else:
+                x0, y0, x1, y1 = g.bounds
+                boxes.append({"xmin": x0, "ymin": y0, "xmax": x1, "ymax": y1})
+        arr = pa.array(boxes, type=BBOX_TYPE)
+        if "bbox" in t.column_names:
+            t = t.set_column(t.schema.get_field_index("bbox"), "bbox", arr)
+        else:
+            t = t.append_column("bbox", arr)
+    if "proj:epsg" not in t.column_names:
+        codes = []
+        for c in t["crs"].to_pylist() if "crs" in t.column_names else [None] * t.num_rows:
+            codes.append(int(c.split(":")[1]) if isinstance(c, str) and c.upper().startswith("EPSG:") else None)
+        t = t.append_column("proj:epsg", pa.array(codes, pa.int32()))
+    if "crs" not in t.column_names:
+        t = t.append_column("crs", pa.array([f"EPSG:{c}" if c is not None else None for c in t["proj:epsg"].to_pylist()], pa.string()))
+    if "datetime" in t.column_names and pa.types.is_timestamp(t.schema.field("datetime").type):
+        if "year" not in t.column_names:
+            t = t.append_column("year", pc.year(t["datetime"]).cast(pa.int32()))
+        if "month" not in t.column_names:
+            t = t.append_column("month", pc.month(t["datetime"]).cast(pa.int32()))
+    return t
+
+
+def open_collection(path: str | Path, *, name: str | None = None) -> Collection:
+    """Open a collection written by rasterduck or rasteret: one Parquet file or a (Hive) folder."""
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"no collection at {p}")
+    if p.is_dir():
+        dataset = ds.dataset(p, format="parquet", partitioning="hive", exclude_invalid_files=True)
+        table = dataset.to_table()
+        schema_meta = (dataset.schema.metadata or {})
+    else:
+        table = pq.read_table(p)
+        schema_meta = table.schema.metadata or {}
+    for col in ("year", "month"):  # hive keys come back as dictionaries or int64
+        if col in table.column_names and not pa.types.is_integer(table.schema.field(col).type):
+            table = table.set_column(table.schema.get_field_index(col), col, pc.cast(pc.cast(table[col], pa.string()), pa.int32()))
+    meta = {k.decode(): v.decode() for k, v in schema_meta.items() if k != b"geo"}
+    return Collection(
+        table,
+        name=name if name is not None else (meta.get("name") or p.stem),
+        data_source=meta.get("data_source", "") if meta.get("data_source") not in (None, "unknown") else "",
+        description=meta.get("description", ""),
+    )
+
+
+def record_footprint(width: int, height: int, affine: tuple[float, ...], crs: str | None) -> tuple[bytes, dict[str, float]]:
+    """The raster's outline in CRS84 as WKB (edges densified before reprojection) and its bbox."""
+    import numpy as np
+    from pyproj import CRS, Transformer
+
+    a, b, c, d, e, f = affine
+    n = 21
+    cols = np.concatenate([np.linspace(0, width, n), np.full(n, width), np.linspace(width, 0, n), np.zeros(n)])
+    rows = np.concatenate([np.zeros(n), np.linspace(0, height, n), np.full(n, height), np.linspace(height, 0, n)])
+    xs = a * cols + b * rows + c
+    ys = d * cols + e * rows + f
+    if crs is not None:
+        src = CRS.from_user_input(crs)
+        if not src.equals(CRS.from_epsg(4326), ignore_axis_order=True):
+            xs, ys = Transformer.from_crs(src, "OGC:CRS84", always_xy=True).transform(xs, ys)
+    ring = np.column_stack([xs, ys])
+    if not np.isfinite(ring).all():
+        raise CollectionError("raster footprint does not reproject to CRS84")
+    poly = shapely.Polygon(ring)
+    if not poly.is_valid:
+        poly = shapely.make_valid(poly)
+    x0, y0, x1, y1 = poly.bounds
+    return shapely.to_wkb(poly), {"xmin": x0, "ymin": y0, "xmax": x1, "ymax": y1}

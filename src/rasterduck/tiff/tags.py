@@ -1,0 +1,72 @@
+"""TIFF tag codes and field types that rasterduck reads."""
+
+from __future__ import annotations
+
+NEW_SUBFILE_TYPE = 254
+IMAGE_WIDTH = 256
+IMAGE_LENGTH = 257
+BITS_PER_SAMPLE = 258
+COMPRESSION = 259
+PHOTOMETRIC = 262
+STRIP_OFFSETS = 273
+SAMPLES_PER_PIXEL = 277
+ROWS_PER_STRIP = 278
+STRIP_BYTE_COUNTS = 279
+PLANAR_CONFIGURATION = 284
+PREDICTOR = 317
+COLORMAP = 320
+TILE_WIDTH = 322
+TILE_LENGTH = 323
+TILE_OFFSETS = 324
+TILE_BYTE_COUNTS = 325
+EXTRA_SAMPLES = 338
+SAMPLE_FORMAT = 339
+JPEG_TABLES = 347
+YCBCR_SUBSAMPLING = 530
+MODEL_PIXEL_SCALE = 33550
+MODEL_TIEPOINT = 33922
+MODEL_TRANSFORMATION = 34264
+GEO_KEY_DIRECTORY = 34735
+GEO_DOUBLE_PARAMS = 34736
+GEO_ASCII_PARAMS = 34737
+GDAL_METADATA = 42112
+GDAL_NODATA = 42113
+LERC_PARAMETERS = 50674
+
+# Tags whose values the parser fetches when they are stored out of line. Everything else is skipped
+# (ICC profiles, XMP, EXIF blobs...), so a large private blob never costs a request or memory.
+WANTED = frozenset(
+    {
+        NEW_SUBFILE_TYPE, IMAGE_WIDTH, IMAGE_LENGTH, BITS_PER_SAMPLE, COMPRESSION, PHOTOMETRIC,
+        STRIP_OFFSETS, SAMPLES_PER_PIXEL, ROWS_PER_STRIP, STRIP_BYTE_COUNTS, PLANAR_CONFIGURATION,
+        PREDICTOR, TILE_WIDTH, TILE_LENGTH, TILE_OFFSETS, TILE_BYTE_COUNTS, EXTRA_SAMPLES, SAMPLE_FORMAT,
+        JPEG_TABLES, YCBCR_SUBSAMPLING, MODEL_PIXEL_SCALE, MODEL_TIEPOINT, MODEL_TRANSFORMATION,
+        GEO_KEY_DIRECTORY, GEO_DOUBLE_PARAMS, GEO_ASCII_PARAMS, GDAL_METADATA, GDAL_NODATA,
+        LERC_PARAMETERS,
+    }
+)
+# Tags only needed for the full-resolution image; overviews and masks skip them.
+GEO_TAGS = frozenset(
+    {MODEL_PIXEL_SCALE, MODEL_TIEPOINT, MODEL_TRANSFORMATION, GEO_KEY_DIRECTORY, GEO_DOUBLE_PARAMS,
+     GEO_ASCII_PARAMS, GDAL_METADATA, GDAL_NODATA}
+)
+
+# Field type code -> (numpy struct code, size in bytes). ASCII/UNDEFINED/BYTE are raw bytes.
+FIELD_TYPES: dict[int, tuple[str, int]] = {
+    1: ("B", 1),   # BYTE
+    2: ("s", 1),   # ASCII
+    3: ("H", 2),   # SHORT
+    4: ("I", 4),   # LONG
+    5: ("II", 8),  # RATIONAL
+    6: ("b", 1),   # SBYTE
+    7: ("s", 1),   # UNDEFINED
+    8: ("h", 2),   # SSHORT
+    9: ("i", 4),   # SLONG
+    10: ("ii", 8), # SRATIONAL
+    11: ("f", 4),  # FLOAT
+    12: ("d", 8),  # DOUBLE
+    13: ("I", 4),  # IFD
+    16: ("Q", 8),  # LONG8
+    17: ("q", 8),  # SLONG8
+    18: ("Q", 8),  # IFD8
+}
