@@ -23,12 +23,15 @@ MANIFEST = json.loads((corpus_dir() / "MANIFEST.json").read_text())["files"]
 def file_fetch(path: Path):
     """Positional reads from a real file; answers are short only where the file ends."""
 
-    async def fetch(ranges: Sequence[tuple[int, int]]) -> list[bytes]:
+    async def fetch(ranges: Sequence[tuple[int, int]], allow_short: bool = False) -> list[bytes]:
         with open(path, "rb") as f:
             out = []
             for start, length in ranges:
                 f.seek(start)
-                out.append(f.read(length))
+                data = f.read(length)
+                if len(data) < length and not allow_short:
+                    raise OSError("short read")
+                out.append(data)
             return out
 
     return fetch
@@ -132,3 +135,37 @@ def test_ifd_cycle_is_detected(tmp_path: Path) -> None:
     p.write_bytes(data)
     with pytest.raises(TiffFormatError, match="loops"):
         asyncio.run(read_header(str(p), file_fetch(p)))
+
+
+# ---- over HTTP: what a build costs in requests --------------------------------------------------
+def _http_header(server, rel: str) -> TiffHeader:
+    from rasterduck.build.api import header_fetcher
+    from rasterduck.io.backend import DefaultBackend
+    from rasterduck.io.loop import run_sync
+
+    backend = DefaultBackend()
+    url = server.url("geotiff/" + rel)
+    return run_sync(read_header(url, header_fetcher(backend, url)))
+
+
+@pytest.mark.parametrize("rel", ["rio-tiler/cog.tif", "rasterio/cogeo.tif", "rio-tiler/web.tif", "cogeotiff/rgba8_cog.tiff",
+                                 "rio-tiler/cog_int16.tif", "gdal/byte.tif"])
+def test_cog_header_is_one_http_request(server, rel: str) -> None:
+    h = _http_header(server, rel)
+    assert server.requests == 1, server.log
+    assert h.image.width == MANIFEST[rel]["summary"]["width"]
+
+
+def test_tiff_with_ifd_at_end_takes_few_requests(server) -> None:
+    # RGB.byte.tif is a striped GeoTIFF (1.7 MB) whose directory sits at the end of the file
+    h = _http_header(server, "rasterio/RGB.byte.tif")
+    assert h.image.width == 791
+    assert 2 <= server.requests <= 4, server.requests
+
+
+def test_every_corpus_header_parses_over_http(server) -> None:
+    for rel in sorted(MANIFEST):
+        server.reset_counters()
+        h = _http_header(server, rel)
+        assert (h.image.width, h.image.height) == (MANIFEST[rel]["summary"]["width"], MANIFEST[rel]["summary"]["height"])
+        assert server.requests == h.requests <= 4, (rel, server.requests)

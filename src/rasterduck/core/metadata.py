@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 
 from ..errors import CollectionError, UnsupportedTiffError
-from ..tiff.model import ImageIFD, TileFormat, TiffHeader
+from ..tiff.model import ImageIFD, TiffHeader, TileFormat
 
 LEVEL_TYPE = pa.struct(
     [

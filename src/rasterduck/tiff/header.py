@@ -8,7 +8,8 @@ every directory in one batch, so a plain GeoTIFF with its directory at the end t
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Sequence
+from typing import Protocol
 
 import numpy as np
 
@@ -27,8 +28,12 @@ from .ifd import (
 )
 from .model import ImageIFD, TiffHeader
 
-# ranges are (start, length); answers may be shorter than asked only where the file ends.
-FetchRanges = Callable[[Sequence[tuple[int, int]]], Awaitable[list[bytes]]]
+
+class FetchRanges(Protocol):
+    """Fetch (start, length) ranges of one file. With allow_short=True (speculative reads) an answer may
+    be shorter than asked where the file ends; otherwise every answer is exact."""
+
+    def __call__(self, ranges: Sequence[tuple[int, int]], allow_short: bool = False) -> Awaitable[list[bytes]]: ...
 
 FIRST_READ = 64 * 1024  # covers GDAL COG headers of images up to ~8k tiles per level
 IFD_READ = 16 * 1024  # speculative size of a directory read beyond the first block
@@ -52,11 +57,11 @@ class _Bytes:
             raise TiffFormatError(f"file truncated: needs bytes {start}..{start + length}, ends at {self.eof}")
         return None
 
-    async def load(self, ranges: Sequence[tuple[int, int]]) -> None:
+    async def load(self, ranges: Sequence[tuple[int, int]], speculative: bool = False) -> None:
         todo = [(s, n) for s, n in ranges if self.get(s, n) is None]
         if not todo:
             return
-        answers = await self._fetch(todo)
+        answers = await self._fetch(todo, allow_short=speculative)
         self.requests += len(todo)
         for (s, n), data in zip(todo, answers, strict=True):
             self.nbytes += len(data)
@@ -87,7 +92,7 @@ async def read_header(url: str, fetch: FetchRanges, *, first_read: int = FIRST_R
 
 async def _read_header(url: str, fetch: FetchRanges, first_read: int) -> TiffHeader:
     buf = _Bytes(fetch)
-    await buf.load([(0, first_read)])
+    await buf.load([(0, first_read)], speculative=True)
     first = buf.get(0, 16) or buf.get(0, 8)
     if first is None:
         raise TiffFormatError("file too short for a TIFF header")
@@ -105,7 +110,7 @@ async def _read_header(url: str, fetch: FetchRanges, first_read: int) -> TiffHea
         seen.add(offset)
         count_bytes = buf.get(offset, head.count_size)
         if count_bytes is None:
-            await buf.load([(offset, IFD_READ)])
+            await buf.load([(offset, IFD_READ)], speculative=True)
             count_bytes = await buf.need(offset, head.count_size)
         n = entry_count(head, count_bytes)
         block = await buf.need(offset, head.ifd_block_size(n))
