@@ -60,6 +60,30 @@ class Collection:
                 out.append({"id": rid, **e})
         return out
 
+    def rewrite_hrefs(self, patterns: dict[str, str]) -> Collection:
+        """A copy whose asset hrefs starting with a key get that prefix replaced (first match wins);
+        e.g. move a collection from relative paths to a server: {"geotiff/": "http://host/geotiff/"}."""
+        assets = self._table["assets"]
+        rows = []
+        for a in assets.to_pylist():
+            if a is None:
+                rows.append(None)
+                continue
+            new = {}
+            for band, v in a.items():
+                if v is not None and isinstance(v.get("href"), str):
+                    href = v["href"]
+                    for old, repl in patterns.items():
+                        if href.startswith(old):
+                            href = repl + href[len(old):]
+                            break
+                    v = {**v, "href": href}
+                new[band] = v
+            rows.append(new)
+        idx = self._table.schema.get_field_index("assets")
+        table = self._table.set_column(idx, "assets", pa.array(rows, type=assets.type))
+        return Collection(table, name=self.name, data_source=self.data_source, description=self.description)
+
     # ---- iteration -----------------------------------------------------------------------------
     def iterate_rasters(self, bands: Sequence[str] | None = None) -> Iterator[RasterAccessor]:
         """One RasterAccessor per record (only the requested bands' metadata is converted)."""
