@@ -171,7 +171,8 @@ def build_collection(
     else:
         raise RasterduckError("build_collection needs hrefs, stac= or table=")
     urls = hrefs if specs is None or (specs and isinstance(specs[0], str)) else [h for s in specs for h, _ in s.assets.values()]
-    be = backend if backend is not None else _backend_for(urls or [], allow_local)
+    trust_own_paths = stac is None and table is None  # hrefs the caller typed: their folders are allowed
+    be = backend if backend is not None else _backend_for(urls or [], allow_local, trust_own_paths)
     if specs is None:  # hrefs with ids/datetimes: samples from the headers first
         async def with_ids() -> pa.Table:
             headers = await read_headers(hrefs or [], be, max_concurrent=max_concurrent, progress=progress)
@@ -186,13 +187,13 @@ def build_collection(
     return Collection(tbl, name=name, data_source=data_source, description=description)
 
 
-def _backend_for(urls: Sequence[str], allow_local: bool | Sequence[str | Path] | None) -> Any:
+def _backend_for(urls: Sequence[str], allow_local: bool | Sequence[str | Path] | None, trust_own_paths: bool) -> Any:
     from ..io.backend import DefaultBackend
     from ..io.loop import get_default_backend
     from ..io.policy import AccessPolicy, local_path, url_scheme
 
     local = [u for u in urls if url_scheme(u) in ("", "file")]
-    if allow_local is None and not local:
+    if allow_local is None and (not local or not trust_own_paths):
         return get_default_backend()
     if allow_local is None:
         allow_local = sorted({str(local_path(u).expanduser().resolve().parent) for u in local})
