@@ -200,12 +200,34 @@ def open_collection(path: str | Path, *, name: str | None = None) -> Collection:
         if col in table.column_names and not pa.types.is_integer(table.schema.field(col).type):
             table = table.set_column(table.schema.get_field_index(col), col, pc.cast(pc.cast(table[col], pa.string()), pa.int32()))
     meta = {k.decode(): v.decode() for k, v in schema_meta.items() if k != b"geo"}
+    table = _resolve_relative_hrefs(table, p if p.is_dir() else p.parent)
     return Collection(
         table,
         name=name if name is not None else (meta.get("name") or p.stem),
         data_source=meta.get("data_source", "") if meta.get("data_source") not in (None, "unknown") else "",
         description=meta.get("description", ""),
     )
+
+
+def _resolve_relative_hrefs(table: pa.Table, folder: Path) -> pa.Table:
+    """Relative local hrefs that name files beside the collection become absolute paths, so a collection
+    shipped together with its GeoTIFFs opens from anywhere. Other hrefs are left as they are."""
+    from ..io.policy import url_scheme
+
+    if "assets" not in table.column_names:
+        return table
+    assets = table["assets"].to_pylist()
+    first = next((v["href"] for a in assets if a for v in a.values() if v and v.get("href")), None)
+    if first is None or url_scheme(first) != "" or Path(first).is_absolute() or not (folder / first).is_file():
+        return table
+    base = folder.resolve()
+    rows = [
+        {b: ({**v, "href": str(base / v["href"])} if v and v.get("href") and url_scheme(v["href"]) == ""
+             and not Path(v["href"]).is_absolute() else v) for b, v in a.items()} if a else a
+        for a in assets
+    ]
+    idx = table.schema.get_field_index("assets")
+    return table.set_column(idx, table.schema.field("assets"), pa.array(rows, type=table.schema.field("assets").type))
 
 
 def record_footprint(width: int, height: int, affine: tuple[float, ...], crs: str | None) -> tuple[bytes, dict[str, float]]:
