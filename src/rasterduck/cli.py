@@ -69,7 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     b.set_defaults(func=cmd_build)
 
     try:
-        from .duck import cli as duck_cli  # sql and serve subcommands
+        from .duck import cli as duck_cli  # type: ignore[attr-defined]  # sql and serve subcommands
     except ImportError:
         duck_cli = None  # type: ignore[assignment]
     if duck_cli is not None:

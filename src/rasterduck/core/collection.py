@@ -64,7 +64,7 @@ class Collection:
         """A copy whose asset hrefs starting with a key get that prefix replaced (first match wins);
         e.g. move a collection from relative paths to a server: {"geotiff/": "http://host/geotiff/"}."""
         assets = self._table["assets"]
-        rows = []
+        rows: list[dict[str, Any] | None] = []
         for a in assets.to_pylist():
             if a is None:
                 rows.append(None)
@@ -153,7 +153,7 @@ def normalize(t: pa.Table) -> pa.Table:
     if "id" in t.column_names and not pa.types.is_string(t.schema.field("id").type):
         t = t.set_column(t.schema.get_field_index("id"), "id", t["id"].cast(pa.string()))
     if "bbox" not in t.column_names or not pa.types.is_struct(t.schema.field("bbox").type):
-        boxes = []
+        boxes: list[dict[str, float] | None] = []
         for wkb in t["geometry"].to_pylist():
             try:
                 g = shapely.from_wkb(wkb) if wkb else None

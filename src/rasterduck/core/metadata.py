@@ -9,7 +9,9 @@ ignore them, and rasteret-written structs simply lack them.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -186,14 +188,14 @@ class CogMetadata:
         }
 
     @classmethod
-    def from_dict(cls, d: dict[str, object], crs: str | None = None) -> CogMetadata:
+    def from_dict(cls, d: Mapping[str, Any], crs: str | None = None) -> CogMetadata:
         """Read a struct value (ours or rasteret's); validates what the reader relies on."""
         try:
-            width = int(d.get("image_width", d.get("width")))  # type: ignore[arg-type]
-            height = int(d.get("image_height", d.get("height")))  # type: ignore[arg-type]
-            tw, th = int(d["tile_width"]), int(d["tile_height"])  # type: ignore[call-overload]
+            width = int(d.get("image_width", d.get("width")))
+            height = int(d.get("image_height", d.get("height")))
+            tw, th = int(d["tile_width"]), int(d["tile_height"])
             dtype = str(d["dtype"])
-            transform = tuple(float(v) for v in d["transform"])  # type: ignore[attr-defined]
+            transform = tuple(float(v) for v in d["transform"])
             offsets = np.asarray(d["tile_offsets"], dtype=np.int64)
             counts = np.asarray(d["tile_byte_counts"], dtype=np.int64)
         except (KeyError, TypeError, ValueError) as exc:
@@ -205,50 +207,50 @@ class CogMetadata:
             tile_height=th,
             dtype=dtype,
             transform=normalize_transform(transform),
-            predictor=int(d.get("predictor") or 1),  # type: ignore[call-overload]
-            compression=int(d.get("compression") or 1),  # type: ignore[call-overload]
+            predictor=int(d.get("predictor") or 1),
+            compression=int(d.get("compression") or 1),
             tile_offsets=offsets,
             tile_byte_counts=counts,
             pixel_scale=_tuple(d.get("pixel_scale")),
             tiepoint=_tuple(d.get("tiepoint")),
             nodata=_nodata(d.get("nodata")),
-            samples_per_pixel=int(d.get("samples_per_pixel") or 1),  # type: ignore[call-overload]
-            planar_configuration=int(d.get("planar_configuration") or 1),  # type: ignore[call-overload]
-            photometric=int(d.get("photometric") if d.get("photometric") is not None else 1),  # type: ignore[call-overload]
-            extra_samples=tuple(int(v) for v in d["extra_samples"]) if d.get("extra_samples") else None,  # type: ignore[attr-defined]
+            samples_per_pixel=int(d.get("samples_per_pixel") or 1),
+            planar_configuration=int(d.get("planar_configuration") or 1),
+            photometric=int(d["photometric"]) if d.get("photometric") is not None else 1,
+            extra_samples=tuple(int(v) for v in d["extra_samples"]) if d.get("extra_samples") else None,
             byte_order=str(d.get("byte_order") or "<"),
-            bits_per_sample=int(d["bits_per_sample"]) if d.get("bits_per_sample") else None,  # type: ignore[call-overload]
-            jpeg_tables=d.get("jpeg_tables") or None,  # type: ignore[arg-type]
-            lerc_parameters=tuple(int(v) for v in d["lerc_parameters"]) if d.get("lerc_parameters") else None,  # type: ignore[attr-defined]
+            bits_per_sample=int(d["bits_per_sample"]) if d.get("bits_per_sample") else None,
+            jpeg_tables=d.get("jpeg_tables") or None,
+            lerc_parameters=tuple(int(v) for v in d["lerc_parameters"]) if d.get("lerc_parameters") else None,
             scale=_float(d.get("scale")),
             offset=_float(d.get("offset")),
-            overviews=tuple(_level(o) for o in (d.get("overviews") or ()) if o),  # type: ignore[attr-defined]
-            mask=_level(d["mask"]) if d.get("mask") else None,  # type: ignore[arg-type]
+            overviews=tuple(_level(o) for o in (d.get("overviews") or ()) if o),
+            mask=_level(d["mask"]) if d.get("mask") else None,
             crs=crs,
         )
 
 
-def _tuple(v: object) -> tuple[float, ...] | None:
-    return tuple(float(x) for x in v) if v is not None else None  # type: ignore[attr-defined]
+def _tuple(v: Any) -> tuple[float, ...] | None:
+    return tuple(float(x) for x in v) if v is not None else None
 
 
-def _float(v: object) -> float | None:
-    return float(v) if v is not None else None  # type: ignore[arg-type]
+def _float(v: Any) -> float | None:
+    return float(v) if v is not None else None
 
 
-def _nodata(v: object) -> float | None:
+def _nodata(v: Any) -> float | None:
     if v is None:
         return None
-    f = float(v)  # type: ignore[arg-type]
+    f = float(v)
     return f
 
 
-def _level(d: dict[str, object]) -> Level:
+def _level(d: Mapping[str, Any]) -> Level:
     return Level(
-        int(d["image_width"]),  # type: ignore[call-overload]
-        int(d["image_height"]),  # type: ignore[call-overload]
-        int(d["tile_width"]),  # type: ignore[call-overload]
-        int(d["tile_height"]),  # type: ignore[call-overload]
+        int(d["image_width"]),
+        int(d["image_height"]),
+        int(d["tile_width"]),
+        int(d["tile_height"]),
         np.asarray(d["tile_offsets"], dtype=np.int64),
         np.asarray(d["tile_byte_counts"], dtype=np.int64),
     )

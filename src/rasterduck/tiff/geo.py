@@ -102,7 +102,8 @@ def parse_gdal_metadata(text: str, bands: int) -> tuple[tuple[float, ...] | None
 def georeference(tags: dict[int, object], bands: int) -> GeoReference:
     """All georeferencing facts of the full-resolution image's tags."""
     keys = parse_geokeys(tags)
-    raster_type = int(keys.get(GT_RASTER_TYPE, 1)) if isinstance(keys.get(GT_RASTER_TYPE, 1), int) else 1
+    rt = keys.get(GT_RASTER_TYPE, 1)
+    raster_type = rt if isinstance(rt, int) else 1
     scale = as_floats(tags[T.MODEL_PIXEL_SCALE]) if T.MODEL_PIXEL_SCALE in tags else None
     tie = as_floats(tags[T.MODEL_TIEPOINT]) if T.MODEL_TIEPOINT in tags else None
     mt = as_floats(tags[T.MODEL_TRANSFORMATION]) if T.MODEL_TRANSFORMATION in tags else None
