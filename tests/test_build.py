@@ -33,15 +33,15 @@ def stac_item(server, item_id: str, assets: dict[str, str], epsg: int | None = N
 
 def test_build_from_hrefs_reports_failures_and_keeps_going(server) -> None:
     urls = [server.url("geotiff/rio-tiler/cog.tif"), server.url("geotiff/missing.tif"),
-            server.url("geotiff/rasterio/rotated.tif"), server.url("geotiff/gdal/cint16.tif"),
+            server.url("geotiff/README.md"), server.url("geotiff/gdal/cint16.tif"),
             server.url("geotiff/rio-tiler/web.tif")]
     report = BuildReport()
     c = rasterduck.build_collection(urls, report=report)
     assert len(c) == 5 and report.records == 5 and report.files == 5
     errors = {e["href"].rsplit("/", 1)[-1]: e["message"] for e in c.errors()}
-    assert set(errors) == {"missing.tif", "rotated.tif", "cint16.tif"}
+    assert set(errors) == {"missing.tif", "README.md", "cint16.tif"}
     assert "404" in errors["missing.tif"]
-    assert "rotated" in errors["rotated.tif"]
+    assert "not a TIFF" in errors["README.md"]
     assert "SampleFormat" in errors["cint16.tif"]
     assert "missing.tif" in errors["missing.tif"] or "missing.tif" in str(c.errors())
     # every COG header cost one request; the failures no more than a few
@@ -49,6 +49,17 @@ def test_build_from_hrefs_reports_failures_and_keeps_going(server) -> None:
     assert server.per_path["/geotiff/rio-tiler/cog.tif"] == 1
     ok = [a.id for a in c.iterate_rasters() if a.try_get_band_cog_metadata("b1")[0] is not None]
     assert ok == ["cog", "web"]
+
+
+def test_rotated_and_ungeoreferenced_files_build(server) -> None:
+    c = rasterduck.build_collection([server.url("geotiff/rasterio/rotated.tif"), server.url("geotiff/pillow/hopper_lzma.tif")])
+    assert c.errors() == []
+    rows = {r["id"]: r for r in c.to_arrow().to_pylist()}
+    # a rotated grid keeps its full affine (rasteret refuses 6-value rotated transforms clearly)
+    assert rows["rotated"]["b1_metadata"]["transform"] == pytest.approx([17.320508075688775, 5.0, 100.0, 10.0, -8.660254037844387, 200.0])
+    # no georeferencing: pixel space like GDAL (identity), no CRS, no footprint
+    assert rows["hopper_lzma"]["b1_metadata"]["transform"] == [1.0, 0.0, 1.0, 0.0]
+    assert rows["hopper_lzma"]["crs"] is None and rows["hopper_lzma"]["geometry"] is None
 
 
 def test_build_from_stac_items(server, tmp_path: Path) -> None:

@@ -70,7 +70,7 @@ def assemble(specs: list[RecordSpec], headers: dict[str, TiffHeader | BaseExcept
                 errors.append({"band": band, "href": href, "message": f"{type(exc).__name__}: {exc}"})
         footprint = s.geometry
         first = next(iter(got.values()), None)
-        if footprint is None and first is not None:
+        if footprint is None and first is not None and record_crs is not None:
             try:
                 footprint, _ = record_footprint(first.image_width, first.image_height, first.affine, record_crs)
             except Exception as exc:

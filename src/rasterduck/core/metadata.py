@@ -83,7 +83,9 @@ class CogMetadata:
     tile_width: int
     tile_height: int
     dtype: str
-    transform: tuple[float, float, float, float]  # rasteret order: scale_x, translate_x, scale_y, translate_y
+    # rasteret order (scale_x, translate_x, scale_y, translate_y); a rotated/sheared grid is stored as the
+    # 6-value rasterio affine (a, b, c, d, e, f), which rasteret refuses with a clear error
+    transform: tuple[float, ...]
     predictor: int
     compression: int
     tile_offsets: np.ndarray  # int64, one plane, row-major tiles
@@ -108,7 +110,10 @@ class CogMetadata:
     @property
     def affine(self) -> tuple[float, float, float, float, float, float]:
         """The transform as a rasterio-order affine (a, b, c, d, e, f)."""
-        sx, tx, sy, ty = self.transform
+        t = self.transform
+        if len(t) == 6:
+            return (t[0], t[1], t[2], t[3], t[4], t[5])
+        sx, tx, sy, ty = t
         return (sx, 0.0, tx, 0.0, sy, ty)
 
     @property
@@ -256,15 +261,17 @@ def _level(d: Mapping[str, Any]) -> Level:
     )
 
 
-def normalize_transform(t: tuple[float, ...]) -> tuple[float, float, float, float]:
-    """Accept rasteret's 4-tuple or a rasterio 6-tuple (a,b,c,d,e,f); rotation is refused."""
+def normalize_transform(t: tuple[float, ...]) -> tuple[float, ...]:
+    """Accept rasteret's 4-tuple or a rasterio 6-tuple (a,b,c,d,e,f); axis-aligned 6-tuples become 4."""
     if len(t) == 4:
         return (t[0], t[1], t[2], t[3])
     if len(t) in (6, 9):
         a, b, c, d, e, f = t[:6]
-        if not (math.isclose(b, 0.0, abs_tol=1e-12) and math.isclose(d, 0.0, abs_tol=1e-12)):
-            raise UnsupportedTiffError(f"rotated or sheared transform {t[:6]} is not supported")
-        return (a, c, e, f)
+        if a * e - b * d == 0:
+            raise CollectionError(f"degenerate transform {t[:6]}")
+        if math.isclose(b, 0.0, abs_tol=1e-12) and math.isclose(d, 0.0, abs_tol=1e-12):
+            return (a, c, e, f)
+        return (a, b, c, d, e, f)
     raise CollectionError(f"transform must have 4 or 6 values, got {len(t)}")
 
 
@@ -295,13 +302,9 @@ def metadata_from_header(header: TiffHeader, band_index: int = 0) -> CogMetadata
         raise CollectionError(
             f"band_index {band_index} out of range: the file has {im.samples_per_pixel} samples", url=header.url
         )
-    if geo.transform is None:
-        raise UnsupportedTiffError(f"not georeferenced by an affine transform: {geo.problem}", url=header.url)
-    a, b, c, d, e, f = geo.transform
-    if b != 0.0 or d != 0.0:
-        raise UnsupportedTiffError(
-            f"rotated or sheared georeferencing (transform {geo.transform}) is not supported", url=header.url
-        )
+    # Without an affine georeferencing GDAL reads in pixel space (identity transform, no CRS); so do we.
+    a, b, c, d, e, f = geo.transform if geo.transform is not None else (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
+    transform: tuple[float, ...] = (a, c, e, f) if b == 0.0 and d == 0.0 else (a, b, c, d, e, f)
     offsets, counts = _plane_slice(im, band_index)
     mask = _level_of(header.masks[0], 0) if header.masks else None
     return CogMetadata(
@@ -310,7 +313,7 @@ def metadata_from_header(header: TiffHeader, band_index: int = 0) -> CogMetadata
         tile_width=im.tile_width,
         tile_height=im.tile_height,
         dtype=im.dtype,
-        transform=(a, c, e, f),
+        transform=transform,
         predictor=im.predictor,
         compression=im.compression,
         tile_offsets=offsets,
@@ -330,7 +333,7 @@ def metadata_from_header(header: TiffHeader, band_index: int = 0) -> CogMetadata
         offset=geo.offsets[band_index] if geo.offsets else None,
         overviews=tuple(_level_of(o, band_index) for o in header.overviews),
         mask=mask,
-        crs=header_crs(header),
+        crs=header_crs(header) if geo.transform is not None else None,
     )
 
 
