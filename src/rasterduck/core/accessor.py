@@ -114,12 +114,23 @@ class RasterAccessor:
         for_xarray: bool = True,
         backend: object | None = None,
         target_crs: int | str | None = None,
+        geometry_crs: int | str | None = 4326,
+        all_touched: bool = False,
+        output: str | None = None,
         **options: Any,
     ) -> Any:
-        """Load bands for all geometries concurrently; xarray Dataset or GeoDataFrame (see read.py)."""
+        """Read the bands under every AOI in one planned batch (each tile fetched and decoded once).
+
+        `geometries`: GeoArrow (WKB or native) array, shapely geometries, WKB, or bbox tuples, in
+        `geometry_crs` (None: the raster's CRS or pixel space). Returns an xarray.Dataset
+        (`for_xarray=True`), a GeoDataFrame (`False`), or with `output="results"` the list of ReadResult /
+        None (AOI misses the raster) per geometry. `target_crs` warps onto one shared grid
+        (`resampling="nearest"` or `"bilinear"`, optional `resolution`). Native dtype always.
+        """
         from .outputs import load_bands_output
 
         return await load_bands_output(
             self, geometries, list(band_codes), max_concurrent=max_concurrent, for_xarray=for_xarray,
-            backend=backend, target_crs=target_crs, **options,
+            backend=backend, target_crs=target_crs, geometry_crs=geometry_crs, all_touched=all_touched,
+            output=output, **options,
         )

@@ -97,6 +97,15 @@ class Collection:
             for row in batch.to_pylist():
                 yield RasterAccessor(RasterInfo.from_row(row), self.data_source)
 
+    def read(self, geometries: Any, bands: Sequence[str], **kw: Any) -> list[Any]:
+        """Read `bands` under every AOI from every record whose footprint it overlaps, as one planned batch
+        (blocking; see core/outputs.py `read_collection` for the keywords, e.g. geometry_crs, target_crs).
+        Returns ReadResult objects tagged with `record_id` and `geometry_index`."""
+        from ..io.loop import run_sync
+        from .outputs import read_collection
+
+        return run_sync(read_collection(self, geometries, bands, **kw))
+
     # ---- persistence ---------------------------------------------------------------------------
     def to_parquet(self, path: str | Path, *, row_group_size: int = DEFAULT_ROW_GROUP) -> Path:
         """Write one Parquet file (zstd, GeoParquet 1.1 `geo` metadata, small row groups)."""

@@ -1,17 +1,23 @@
 """The read kernel: plan every tile a batch of (record, AOI, bands) reads needs, fetch each once, decode
-each once, mosaic, mask. One function serves RasterAccessor, the DuckDB UDFs and Spark.
+each once, write it straight into the results. One function serves RasterAccessor, the DuckDB UDFs and Spark.
 
-A batch is planned as a whole before any byte moves: tiles shared by several AOIs, bands (chunky files)
-or records are fetched and decoded once, ranges of one URL go to the backend together so it can coalesce
-them, all URLs are fetched concurrently, and each tile is decoded in the thread pool as soon as its bytes
-arrive, only down to the last row any window needs.
+A batch is planned as a whole before any byte moves: a tile shared by several AOIs, bands (chunky files)
+or records is fetched and decoded once, decoded only down to the last row any window needs, and copied
+into every result that uses it right after decoding (in the decode thread), so a batch holds its outputs
+plus the tiles in flight, never all tiles at once. Ranges of one URL are coalesced the way the backend
+would, and each coalesced group is its own `read_ranges` call, so decoding starts as soon as the first
+group arrives. Results follow `rasterio.mask.mask(..., crop=True, filled=True)` pixel for pixel: the AOI
+mask, the GDAL mask band (nodata, internal mask, alpha; see gdalmask.py) and sparse tiles decide which
+pixels hold data; every other pixel holds the fill value (nodata, else 0). Points and pixel windows read
+the stored values, like `rasterio.sample` and `dataset.read`; there GDAL's mask only shows in `valid`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import math
 import os
+import threading
+import time
 from collections import defaultdict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -22,300 +28,412 @@ import numpy as np
 from shapely.geometry.base import BaseGeometry
 
 from ..errors import BandNotFoundError, PixelBudgetExceeded, RasterduckError
+from ..io.ranges import DEFAULT_MAX_GAP, DEFAULT_MAX_SIZE, coalesce
 from ..tiff.decode import decode_tile
 from ..tiff.model import TileFormat
-from .geobox import window_transform
+from .gdalmask import (
+    MaskKind,
+    alpha_sample,
+    decode_mask_tile,
+    fill_scalar,
+    internal_mask,
+    mask_kind,
+    nodata_valid,
+)
+from .geobox import Affine6, window_transform
 from .geometry import transform_geometry
 from .metadata import CogMetadata
 from .rasterize import geometry_mask
-from .window import Window, geometry_window, point_pixel
+from .window import TilePart, Window, geometry_window, point_pixel, tiles_for_window
 
 _DECODE_POOL: ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
 DEFAULT_PIXEL_BUDGET = 512 * 1024 * 1024  # bytes of pixel data one call may materialise
 
 
 def decode_pool() -> ThreadPoolExecutor:
-    """The process-wide decode pool, one worker per core (imagecodecs releases the GIL)."""
+    """The process-wide decode pool, one worker per core (imagecodecs and zlib release the GIL)."""
     global _DECODE_POOL
-    if _DECODE_POOL is None:
-        _DECODE_POOL = ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="rasterduck-decode")
-    return _DECODE_POOL
+    with _POOL_LOCK:
+        if _DECODE_POOL is None:
+            _DECODE_POOL = ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="rasterduck-decode")
+        return _DECODE_POOL
 
 
 @dataclass(frozen=True)
 class BandSource:
-    """Where one band of one record lives."""
+    """Where one band of one record lives: its metadata, URL and sample index in that file."""
 
     band: str
     meta: CogMetadata
     url: str
     band_index: int
+    alpha: BandSource | None = None  # the file's alpha plane, when it masks this band and is stored apart
 
 
 @dataclass
 class ReadRequest:
-    """One (record, AOI) pair: the AOI in its CRS, the bands and where they are."""
+    """One (record, AOI) pair: the AOI in its CRS (or a pixel window), the bands and where they are.
+
+    `window` = (col_off, row_off, width, height) in the bands' pixel grid reads that block instead of an
+    AOI (no AOI mask; clipped to the raster). `geometry_index` is carried into the result untouched.
+    """
 
     record_id: str
-    geometry: BaseGeometry
-    geometry_crs: str | None
+    geometry: BaseGeometry | None
+    geometry_crs: str | int | None
     bands: list[BandSource]
     all_touched: bool = False
+    window: tuple[int, int, int, int] | Window | None = None
+    geometry_index: int | None = None
 
 
 @dataclass
 class ReadResult:
-    """Pixels of one (record, AOI) pair: (bands, height, width) native dtype, valid mask, geo context."""
+    """Pixels of one (record, AOI) pair: (bands, height, width) native dtype, valid mask, geo context.
+
+    `valid` (height, width) is True inside the AOI, in stored (non-sparse) tiles, where every file's GDAL
+    mask (internal mask or alpha) allows and at least one band differs from nodata (rasterio's dataset
+    mask rule); pixels an AOI read leaves out hold `nodata` (the fill: nodata, else 0). `window` is the
+    block of the grid `grid_transform` describes (the raster's own grid, or the shared target grid after
+    warping); `transform` is the transform of the block itself.
+    """
 
     record_id: str
     bands: list[str]
     data: np.ndarray
     valid: np.ndarray
-    transform: tuple[float, float, float, float, float, float]
+    transform: Affine6
     crs: str | None
     nodata: float | int
     dtype: str
+    window: Window | None = None
+    grid_transform: Affine6 | None = None
+    geometry_index: int | None = None
 
     @property
     def height(self) -> int:
+        """Rows of the result."""
         return int(self.data.shape[1])
 
     @property
     def width(self) -> int:
+        """Columns of the result."""
         return int(self.data.shape[2])
 
 
 @dataclass
-class _BandWindow:
-    """Plan of one band of one pair: its window and the tiles it reads."""
+class ReadStats:
+    """What one or more read_batch calls did: unique tiles, sparse tiles, fetch calls, decodes, time."""
 
-    pair: int
-    slot: int  # position of the band in the pair's band list
-    src: BandSource
+    tiles: int = 0
+    sparse_tiles: int = 0
+    mask_tiles: int = 0
+    fetch_calls: int = 0
+    bytes_fetched: int = 0
+    decoded: int = 0
+    decoded_rows: int = 0  # rows decoded, over all tiles (partial decoding stops at the last needed row)
+    tile_rows: int = 0  # rows those tiles hold
+    decode_seconds: float = 0.0
+    fetch_seconds: float = 0.0
+    results: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def add(self, **counts: float) -> None:
+        """Add to counters by name (thread-safe)."""
+        with self._lock:
+            for name, n in counts.items():
+                setattr(self, name, getattr(self, name) + n)
+
+
+# ---------------------------------------------------------------------------------------------------
+# plan
+
+
+@dataclass
+class _Job:
+    """One request being assembled: its window, outputs and masks (arrays are written by decode threads)."""
+
+    index: int
+    req: ReadRequest
+    meta: CogMetadata
     window: Window
-    mask: np.ndarray | None  # None: a point (the single pixel is valid)
-    tiles: list[tuple[int, int, int]] = field(default_factory=list)  # (tile index, tile row, tile col)
+    raw: bool  # a point or pixel window: values as stored (rasterio.sample / read), mask only in `valid`
+    aoi: np.ndarray | None  # (h, w) True inside the AOI; None: no AOI mask (point or pixel window)
+    masks: list[_Mask]  # per-dataset masks (internal mask or alpha) of the files the bands come from
+    fill: np.generic
+    data: np.ndarray = field(default_factory=lambda: np.empty((0, 0, 0)))
+    missing: np.ndarray | None = None  # (h, w) True where a band's tile is sparse
+    error: BaseException | None = None
+
+
+@dataclass
+class _Mask:
+    """One file's per-dataset mask within a job: where it comes from, which bands it hides, its pixels."""
+
+    kind: MaskKind  # INTERNAL or ALPHA
+    src: BandSource  # a band of that file
+    slots: list[int]  # the job's bands it applies to
+    valid: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=bool))  # (h, w) True = valid
+
+
+@dataclass
+class _Use:
+    """One job's use of one tile: the part it needs and where the samples go."""
+
+    job: _Job
+    part: TilePart
+    targets: list[tuple[int, int]]  # (band slot in the job, sample in the tile)
+    mask: _Mask | None = None  # the mask this tile's alpha sample or mask bits feed
+    alpha: int | None = None  # sample holding alpha (None with `mask`: the tile is an internal-mask tile)
 
 
 @dataclass
 class _Tile:
+    """One stored tile (or strip) of one URL, needed by one or more jobs."""
+
     url: str
     offset: int
     length: int
-    fmt: TileFormat
-    rows: int = 0  # decoded rows needed (max over users)
-    array: np.ndarray | None = None
+    fmt: TileFormat | None  # None: an internal-mask tile
+    rows: int = 0  # leading rows to decode: the most any use needs
+    uses: list[_Use] = field(default_factory=list)
+    error: BaseException | None = None
+    mask_size: tuple[int, int] = (0, 0)  # internal-mask tiles: (tile width, tile height)
 
 
-def _pair_geometry(req: ReadRequest, crs: str | None) -> BaseGeometry:
-    if req.geometry_crs is None or crs is None:
-        if crs is None and req.geometry_crs is not None:
-            raise RasterduckError("record has no CRS (proj:epsg/crs); cannot place the AOI", record_id=req.record_id)
-        return req.geometry
-    return transform_geometry(req.geometry, req.geometry_crs, crs)
+_TileKey = tuple[str, int, int]
 
 
-def plan(requests: Sequence[ReadRequest]) -> tuple[list[_BandWindow | Exception | None], dict[tuple[str, int, int], _Tile]]:
-    """Windows, masks and the unique tiles of a batch (pure: no I/O)."""
-    windows: list[_BandWindow | Exception | None] = []
-    tiles: dict[tuple[str, int, int], _Tile] = {}
-    for p, req in enumerate(requests):
-        geoms: dict[str | None, BaseGeometry] = {}
-        for slot, src in enumerate(req.bands):
-            try:
-                m = src.meta
-                if m.crs not in geoms:
-                    geoms[m.crs] = _pair_geometry(req, m.crs)
-                g = geoms[m.crs]
-                aff = m.affine
-                if g.geom_type == "Point":
-                    row, col = point_pixel(g.x, g.y, aff)
-                    if not (0 <= row < m.image_height and 0 <= col < m.image_width):
-                        windows.append(None)
-                        continue
-                    win = Window(col, row, 1, 1)
-                    mask = None
-                else:
-                    win = geometry_window(g, aff, m.image_width, m.image_height)
-                    if win is None or win.width <= 0 or win.height <= 0:
-                        windows.append(None)
-                        continue
-                    wt = window_transform(aff, win.col_off, win.row_off)
-                    mask = geometry_mask(g, (win.height, win.width), wt, all_touched=req.all_touched)
-                bw = _BandWindow(p, slot, src, win, mask)
-                _add_tiles(bw, tiles)
-                windows.append(bw)
-            except RasterduckError as exc:
-                windows.append(exc.with_context(record_id=req.record_id, band=src.band, url=src.url))
-            except Exception as exc:  # geometry/CRS errors from shapely/pyproj
-                windows.append(RasterduckError(f"{type(exc).__name__}: {exc}", record_id=req.record_id,
-                                               band=src.band, url=src.url))
-    return windows, tiles
+class _Planner:
+    """Turns requests into jobs and a table of unique tiles, sharing geometry and mask work."""
 
+    def __init__(self) -> None:
+        self.tiles: dict[_TileKey, _Tile] = {}
+        self.sparse = 0
+        self._geoms: dict[tuple[int, str | int | None, str | None], BaseGeometry] = {}
+        self._masks: dict[tuple[Any, ...], np.ndarray] = {}
+        self._formats: dict[int, TileFormat] = {}
 
-def _add_tiles(bw: _BandWindow, tiles: dict[tuple[str, int, int], _Tile]) -> None:
-    m = bw.src.meta
-    tw, th = m.tile_width, m.tile_height
-    w = bw.window
-    across = m.tiles_across
-    r0, r1 = w.row_off // th, (w.row_off + w.height - 1) // th
-    c0, c1 = w.col_off // tw, (w.col_off + w.width - 1) // tw
-    n = len(m.tile_offsets)
-    fmt = m.tile_format()
-    for tr in range(r0, r1 + 1):
-        last_row = min(w.row_off + w.height, (tr + 1) * th, m.image_height) - tr * th  # rows needed
-        for tc in range(c0, c1 + 1):
-            idx = tr * across + tc
-            if idx >= n:
-                raise RasterduckError(f"tile table has {n} entries, tile {idx} needed")
-            off, cnt = int(m.tile_offsets[idx]), int(m.tile_byte_counts[idx])
-            bw.tiles.append((idx, tr, tc))
-            if cnt == 0:
-                continue  # sparse tile: nodata
-            key = (bw.src.url, off, cnt)
-            t = tiles.get(key)
-            if t is None:
-                t = tiles[key] = _Tile(bw.src.url, off, cnt, fmt)
-            t.rows = max(t.rows, last_row)
-
-
-async def fetch_and_decode(tiles: dict[tuple[str, int, int], _Tile], backend: Any) -> dict[tuple[str, int, int], BaseException]:
-    """Fetch every tile (one read_ranges call per URL, all URLs at once) and decode as bytes arrive."""
-    by_url: dict[str, list[_Tile]] = defaultdict(list)
-    for t in tiles.values():
-        by_url[t.url].append(t)
-    loop = asyncio.get_running_loop()
-    pool = decode_pool()
-    failures: dict[tuple[str, int, int], BaseException] = {}
-
-    async def one_url(url: str, group: list[_Tile]) -> None:
-        try:
-            datas = await backend.read_ranges(url, [(t.offset, t.length) for t in group])
-        except Exception as exc:
-            for t in group:
-                failures[(t.url, t.offset, t.length)] = exc
-            return
-        futs = [loop.run_in_executor(pool, decode_tile, d, t.fmt, t.rows) for t, d in zip(group, datas, strict=True)]
-        results = await asyncio.gather(*futs, return_exceptions=True)
-        for t, r in zip(group, results, strict=True):
-            if isinstance(r, BaseException):
-                failures[(t.url, t.offset, t.length)] = r
+    def job(self, index: int, req: ReadRequest) -> _Job | None:
+        """Window, AOI mask and mask kind of one request; None when it misses the raster."""
+        if not req.bands:
+            raise RasterduckError("no bands requested", record_id=req.record_id)
+        meta = req.bands[0].meta
+        _check_same_grid(req)
+        raw = True
+        aoi = None
+        if req.window is not None:
+            win = _as_window(req.window).intersection(Window(0, 0, meta.image_width, meta.image_height))
+            if win is None:
+                return None
+        else:
+            if req.geometry is None:
+                raise RasterduckError("a request needs a geometry or a window", record_id=req.record_id)
+            geom = self._geometry(req, meta.crs)
+            if geom.geom_type == "Point":
+                row, col = point_pixel(geom.x, geom.y, meta.affine)
+                if not (0 <= row < meta.image_height and 0 <= col < meta.image_width):
+                    return None
+                win = Window(col, row, 1, 1)
             else:
-                t.array = r
+                raw = False
+                found = geometry_window(geom, meta.affine, meta.image_width, meta.image_height)
+                if found is None:
+                    return None
+                win = found
+                aoi = self._mask(geom, meta, win, req.all_touched)
+        # an alpha plane stored apart is read only when the source knows where it is
+        kinds = [MaskKind.ALL_VALID if k is MaskKind.ALPHA and not _chunky(s.meta) and s.alpha is None else k
+                 for s in req.bands for k in [mask_kind(s.meta, s.band_index)]]
+        # one mask per file that has one, applied to that file's bands
+        masks: dict[str, _Mask] = {}
+        for i, (src, k) in enumerate(zip(req.bands, kinds, strict=True)):
+            if k in (MaskKind.INTERNAL, MaskKind.ALPHA):
+                masks.setdefault(src.url, _Mask(k, src, [])).slots.append(i)
+        fill = fill_scalar(np.dtype(meta.dtype), meta.fill_value())
+        return _Job(index, req, meta, win, raw, aoi, list(masks.values()), fill)
 
-    await asyncio.gather(*(one_url(u, g) for u, g in by_url.items()))
-    return failures
+    def allocate(self, job: _Job) -> None:
+        """Create the job's arrays and register every tile it needs (sparse tiles are filled right away)."""
+        req, meta, win = job.req, job.meta, job.window
+        h, w = win.height, win.width
+        job.data = np.empty((len(req.bands), h, w), dtype=np.dtype(meta.dtype))
+        for m in job.masks:
+            m.valid = np.zeros((h, w), dtype=bool)
+        parts = tiles_for_window(win, meta.tile_width, meta.tile_height, meta.image_width, meta.image_height)
+        across = meta.tiles_across
+        chunky_alpha = {m.src.url: m for m in job.masks if m.kind is MaskKind.ALPHA and _chunky(m.src.meta)}
+        for part in parts:
+            pending: dict[str, _Mask | None] = dict(chunky_alpha)
+            idx = part.tile_row * across + part.tile_col
+            by_key: dict[_TileKey | None, list[tuple[int, int]]] = defaultdict(list)
+            sources: dict[_TileKey | None, BandSource] = {}
+            for slot, src in enumerate(req.bands):
+                key = _tile_key(src, idx)
+                sample = src.band_index if _chunky(src.meta) else 0
+                by_key[key].append((slot, sample))
+                sources.setdefault(key, src)
+            for key, targets in by_key.items():
+                if key is None:  # sparse: the bands of this tile read as the fill value (alpha reads 0)
+                    self.sparse += 1
+                    self._fill_sparse(job, part, targets)
+                    continue
+                use = _Use(job, part, targets)
+                found = pending.pop(key[0], None)  # the chunky tile also holds the file's alpha sample
+                if found is not None:
+                    use.mask, use.alpha = found, alpha_sample(found.src.meta)
+                self._add(key, self._format(sources[key].meta), part.rows_needed, use)
+        for m in job.masks:
+            if m.kind is MaskKind.INTERNAL:
+                self._add_mask_tiles(job, m)
+            elif m.src.alpha is not None and not _chunky(m.src.meta):
+                self._add_alpha_plane(job, m, m.src.alpha, parts)
+
+    def _add_alpha_plane(self, job: _Job, mask: _Mask, src: BandSource, parts: list[TilePart]) -> None:
+        across = src.meta.tiles_across
+        for part in parts:
+            key = _tile_key(src, part.tile_row * across + part.tile_col)
+            if key is not None:  # a sparse alpha tile reads as 0: nothing valid there
+                self._add(key, self._format(src.meta), part.rows_needed, _Use(job, part, [], mask, 0))
+
+    def _add_mask_tiles(self, job: _Job, mask: _Mask) -> None:
+        level = internal_mask(mask.src.meta)
+        if level is None:  # pragma: no cover - kind INTERNAL implies a mask
+            return
+        url = mask.src.url
+        parts = tiles_for_window(job.window, level.tile_width, level.tile_height, level.image_width,
+                                 level.image_height)
+        across = -(-level.image_width // level.tile_width)
+        for part in parts:
+            idx = part.tile_row * across + part.tile_col
+            if idx >= len(level.tile_offsets):
+                raise RasterduckError(f"mask tile table has {len(level.tile_offsets)} entries, tile {idx} needed")
+            off, cnt = int(level.tile_offsets[idx]), int(level.tile_byte_counts[idx])
+            if cnt <= 0 or off <= 0:
+                continue  # a sparse mask tile: nothing valid there (the mask stays False)
+            self._add((url, off, cnt), None, part.rows_needed, _Use(job, part, [], mask),
+                      mask_size=(level.tile_width, level.tile_height))
+
+    def _add(self, key: _TileKey, fmt: TileFormat | None, rows: int, use: _Use,
+             mask_size: tuple[int, int] | None = None) -> None:
+        tile = self.tiles.get(key)
+        if tile is None:
+            tile = self.tiles[key] = _Tile(key[0], key[1], key[2], fmt)
+            if mask_size is not None:
+                tile.mask_size = mask_size
+        tile.rows = max(tile.rows, rows)
+        tile.uses.append(use)
+
+    def _fill_sparse(self, job: _Job, part: TilePart, targets: list[tuple[int, int]]) -> None:
+        ys, xs = _dest(part)
+        for slot, _sample in targets:
+            job.data[slot, ys, xs] = job.fill
+        if job.missing is None:
+            job.missing = np.zeros(job.window.shape, dtype=bool)
+        job.missing[ys, xs] = True
+
+    def _format(self, meta: CogMetadata) -> TileFormat:
+        fmt = self._formats.get(id(meta))
+        if fmt is None:
+            fmt = self._formats[id(meta)] = meta.tile_format()
+        return fmt
+
+    def _geometry(self, req: ReadRequest, crs: str | None) -> BaseGeometry:
+        assert req.geometry is not None
+        key = (id(req.geometry), req.geometry_crs, crs)
+        geom = self._geoms.get(key)
+        if geom is None:
+            if req.geometry_crs is None or crs is None:
+                if crs is None and req.geometry_crs is not None:
+                    raise RasterduckError("record has no CRS (proj:epsg/crs); cannot place the AOI",
+                                          record_id=req.record_id)
+                geom = req.geometry
+            else:
+                geom = transform_geometry(req.geometry, req.geometry_crs, crs)
+            self._geoms[key] = geom
+        return geom
+
+    def _mask(self, geom: BaseGeometry, meta: CogMetadata, win: Window, all_touched: bool) -> np.ndarray:
+        key = (id(geom), meta.affine, win, all_touched)
+        mask = self._masks.get(key)
+        if mask is None:
+            wt = window_transform(meta.affine, win.col_off, win.row_off)
+            mask = self._masks[key] = geometry_mask(geom, win.shape, wt, all_touched=all_touched)
+        return mask
 
 
-def _mosaic(bw: _BandWindow, tiles: dict[tuple[str, int, int], _Tile]) -> tuple[np.ndarray, np.ndarray]:
-    """Copy tile rows into the window; returns (pixels, data-present mask)."""
-    m = bw.src.meta
-    dtype = np.dtype(m.dtype)
-    w = bw.window
-    out = np.empty((w.height, w.width), dtype=dtype)
-    fill = m.fill_value()
-    out.fill(fill)
-    present = np.zeros((w.height, w.width), dtype=bool)
-    tw, th = m.tile_width, m.tile_height
-    sample = bw.src.band_index if m.planar_configuration == 1 and m.samples_per_pixel > 1 else 0
-    for idx, tr, tc in bw.tiles:
-        off, cnt = int(m.tile_offsets[idx]), int(m.tile_byte_counts[idx])
-        if cnt == 0:
-            continue
-        arr = tiles[(bw.src.url, off, cnt)].array
-        if arr is None:
-            continue
-        y0 = max(w.row_off, tr * th)
-        y1 = min(w.row_off + w.height, (tr + 1) * th, m.image_height)
-        x0 = max(w.col_off, tc * tw)
-        x1 = min(w.col_off + w.width, (tc + 1) * tw, m.image_width)
-        if y1 <= y0 or x1 <= x0:
-            continue
-        src = arr[y0 - tr * th : y1 - tr * th, x0 - tc * tw : x1 - tc * tw, sample]
-        out[y0 - w.row_off : y1 - w.row_off, x0 - w.col_off : x1 - w.col_off] = src
-        present[y0 - w.row_off : y1 - w.row_off, x0 - w.col_off : x1 - w.col_off] = True
-    return out, present
+def _as_window(w: tuple[int, int, int, int] | Window) -> Window:
+    if isinstance(w, Window):
+        return w
+    col, row, width, height = (int(v) for v in w)
+    return Window(col, row, width, height)
 
 
-def assemble(requests: Sequence[ReadRequest], windows: list[_BandWindow | Exception | None],
-             tiles: dict[tuple[str, int, int], _Tile], failures: dict[tuple[str, int, int], BaseException]
-             ) -> list[ReadResult | BaseException | None]:
-    """Per pair: mosaic its bands, apply the AOI mask and nodata fill, stack (bands share one grid)."""
-    per_pair: dict[int, list[_BandWindow | Exception | None]] = defaultdict(list)
-    it = iter(windows)
-    for p, req in enumerate(requests):
-        for _ in req.bands:
-            per_pair[p].append(next(it))
-    out: list[ReadResult | BaseException | None] = []
-    for p, req in enumerate(requests):
-        bws = per_pair[p]
-        err = next((b for b in bws if isinstance(b, Exception)), None)
-        if err is not None:
-            out.append(err)
-            continue
-        if all(b is None for b in bws) or not bws:
-            out.append(None)
-            continue
-        if any(b is None for b in bws):
-            out.append(RasterduckError("bands of this record do not share one grid (AOI misses some bands)",
-                                       record_id=req.record_id))
-            continue
-        good = [b for b in bws if isinstance(b, _BandWindow)]
-        first = good[0]
-        grid = (first.window, first.src.meta.affine, first.src.meta.crs)
-        if any((b.window, b.src.meta.affine, b.src.meta.crs) != grid for b in good[1:]):
-            out.append(RasterduckError("requested bands have different grids (resolution or extent); read them separately",
-                                       record_id=req.record_id))
-            continue
-        dtypes = {b.src.meta.dtype for b in good}
-        if len(dtypes) > 1:
-            out.append(RasterduckError(f"requested bands have different dtypes {sorted(dtypes)}; read them separately",
-                                       record_id=req.record_id))
-            continue
-        failed = None
-        for b in good:
-            for idx, _tr, _tc in b.tiles:
-                off, cnt = int(b.src.meta.tile_offsets[idx]), int(b.src.meta.tile_byte_counts[idx])
-                exc = failures.get((b.src.url, off, cnt))
-                if exc is not None:
-                    failed = _wrap(exc, req.record_id, b.src)
-                    break
-            if failed is not None:
-                break
-        if failed is not None:
-            out.append(failed)
-            continue
-        h, w = first.window.height, first.window.width
-        data = np.empty((len(good), h, w), dtype=np.dtype(first.src.meta.dtype))
-        valid = np.ones((h, w), dtype=bool) if first.mask is None else first.mask.copy()
-        fill = first.src.meta.fill_value()
-        nodata = first.src.meta.nodata
-        for i, b in enumerate(good):
-            px, present = _mosaic(b, tiles)
-            if first.mask is not None:
-                px[~first.mask] = fill
-            data[i] = px
-            valid &= present
-            if nodata is not None:
-                valid &= ~np.isnan(px) if isinstance(nodata, float) and math.isnan(nodata) else px != nodata
-        transform = window_transform(first.src.meta.affine, first.window.col_off, first.window.row_off)
-        out.append(ReadResult(req.record_id, [b.src.band for b in good], data, valid, transform,
-                              first.src.meta.crs, fill, str(np.dtype(first.src.meta.dtype))))
-    return out
+def _chunky(meta: CogMetadata) -> bool:
+    return meta.planar_configuration == 1 and meta.samples_per_pixel > 1
 
 
-def _wrap(exc: BaseException, record_id: str, src: BandSource) -> BaseException:
-    if isinstance(exc, RasterduckError):
-        return exc.with_context(record_id=record_id, band=src.band, url=src.url)
-    return RasterduckError(f"{type(exc).__name__}: {exc}", record_id=record_id, band=src.band, url=src.url)
+def _tile_key(src: BandSource, idx: int) -> _TileKey | None:
+    """(url, offset, length) of tile `idx` of a band, or None when the tile is sparse."""
+    m = src.meta
+    if idx >= len(m.tile_offsets) or idx >= len(m.tile_byte_counts):
+        raise RasterduckError(f"tile table has {len(m.tile_offsets)} entries, tile {idx} needed")
+    off, cnt = int(m.tile_offsets[idx]), int(m.tile_byte_counts[idx])
+    if cnt <= 0 or off <= 0:
+        return None
+    return (src.url, off, cnt)
 
 
-def check_budget(windows: Sequence[_BandWindow | Exception | None], budget: int | None) -> None:
-    """Fail before fetching when the batch would materialise more pixel bytes than `budget`."""
+def _dest(part: TilePart) -> tuple[slice, slice]:
+    h = part.last_row - part.first_row + 1
+    w = part.last_col - part.first_col + 1
+    return slice(part.window_row, part.window_row + h), slice(part.window_col, part.window_col + w)
+
+
+def _check_same_grid(req: ReadRequest) -> None:
+    first = req.bands[0].meta
+    grid = (first.image_width, first.image_height, first.affine, first.crs)
+    for src in req.bands[1:]:
+        m = src.meta
+        if (m.image_width, m.image_height, m.affine, m.crs) != grid:
+            raise RasterduckError("requested bands have different grids (resolution or extent); read them "
+                                  "separately", record_id=req.record_id, band=src.band)
+        if m.dtype != first.dtype:
+            raise RasterduckError(f"requested bands have different dtypes ({first.dtype}, {m.dtype}); read "
+                                  "them separately", record_id=req.record_id, band=src.band)
+
+
+def plan(requests: Sequence[ReadRequest], budget: int | None = DEFAULT_PIXEL_BUDGET
+         ) -> tuple[list[_Job | BaseException | None], dict[_TileKey, _Tile], int]:
+    """Jobs (or None / the error) per request and the unique tiles of a batch; no I/O.
+
+    Raises PixelBudgetExceeded before allocating when the outputs would exceed `budget` bytes.
+    """
+    planner = _Planner()
+    jobs: list[_Job | BaseException | None] = []
+    for i, req in enumerate(requests):
+        try:
+            jobs.append(planner.job(i, req))
+        except RasterduckError as exc:
+            jobs.append(exc.with_context(record_id=req.record_id, url=req.bands[0].url if req.bands else None))
+        except Exception as exc:  # shapely / pyproj errors on odd AOIs
+            jobs.append(RasterduckError(f"{type(exc).__name__}: {exc}", record_id=req.record_id))
+    _check_budget(jobs, budget)
+    for j in jobs:
+        if isinstance(j, _Job):
+            try:
+                planner.allocate(j)
+            except RasterduckError as exc:
+                j.error = exc.with_context(record_id=j.req.record_id, url=j.req.bands[0].url)
+    return jobs, planner.tiles, planner.sparse
+
+
+def _check_budget(jobs: Sequence[_Job | BaseException | None], budget: int | None) -> None:
     if budget is None:
         return
-    total = sum(b.window.width * b.window.height * np.dtype(b.src.meta.dtype).itemsize
-                for b in windows if isinstance(b, _BandWindow))
+    total = sum(len(j.req.bands) * j.window.width * j.window.height * np.dtype(j.meta.dtype).itemsize
+                for j in jobs if isinstance(j, _Job))
     if total > budget:
         raise PixelBudgetExceeded(
             f"this call would read {total / 1e6:.1f} MB of pixels, over the budget of {budget / 1e6:.1f} MB; "
@@ -323,13 +441,153 @@ def check_budget(windows: Sequence[_BandWindow | Exception | None], budget: int 
         )
 
 
-async def read_batch(requests: Sequence[ReadRequest], backend: Any, *, pixel_budget: int | None = DEFAULT_PIXEL_BUDGET
-                     ) -> list[ReadResult | BaseException | None]:
-    """Read a batch of pairs; per pair a ReadResult, None (AOI misses the raster) or the error."""
-    windows, tiles = plan(requests)
-    check_budget(windows, pixel_budget)
-    failures = await fetch_and_decode(tiles, backend)
-    return assemble(requests, windows, tiles, failures)
+# ---------------------------------------------------------------------------------------------------
+# fetch, decode, scatter
+
+
+def _coalesce_params(backend: Any) -> tuple[int, int]:
+    """The backend's coalescing gap and size (DefaultBackend keeps them on its HTTP backend)."""
+    for obj in (backend, getattr(backend, "http", None)):
+        gap, size = getattr(obj, "max_gap", None), getattr(obj, "max_size", None)
+        if isinstance(gap, int) and isinstance(size, int):
+            return gap, size
+    return DEFAULT_MAX_GAP, DEFAULT_MAX_SIZE
+
+
+def fetch_groups(tiles: Sequence[_Tile], backend: Any) -> list[tuple[str, list[_Tile]]]:
+    """Tiles grouped per URL into the coalesced ranges the backend will turn into single requests."""
+    gap, size = _coalesce_params(backend)
+    by_url: dict[str, list[_Tile]] = defaultdict(list)
+    for t in tiles:
+        by_url[t.url].append(t)
+    groups: list[tuple[str, list[_Tile]]] = []
+    for url, ts in by_url.items():
+        merged = coalesce([(t.offset, t.length) for t in ts], gap, size)
+        for m in merged:
+            groups.append((url, [ts[i] for i, _off in m.parts]))
+    return groups
+
+
+async def fetch_and_decode(tiles: dict[_TileKey, _Tile], backend: Any, stats: ReadStats | None = None) -> None:
+    """Fetch every tile (coalesced groups, all at once) and decode + scatter each as its bytes arrive."""
+    loop = asyncio.get_running_loop()
+    pool = decode_pool()
+    st = stats if stats is not None else ReadStats()
+
+    async def one(url: str, group: list[_Tile]) -> None:
+        t0 = time.perf_counter()
+        try:
+            datas = await backend.read_ranges(url, [(t.offset, t.length) for t in group])
+        except Exception as exc:
+            for t in group:
+                t.error = exc
+            return
+        st.add(fetch_calls=1, bytes_fetched=sum(t.length for t in group), fetch_seconds=time.perf_counter() - t0)
+        await asyncio.gather(*(loop.run_in_executor(pool, _decode_scatter, t, d, st)
+                               for t, d in zip(group, datas, strict=True)))
+
+    await asyncio.gather(*(one(u, g) for u, g in fetch_groups(list(tiles.values()), backend)))
+
+
+def _decode_scatter(tile: _Tile, data: bytes, stats: ReadStats) -> None:
+    """Decode one tile (its needed rows only) and copy its parts into every job that uses it."""
+    t0 = time.perf_counter()
+    try:
+        if len(data) != tile.length:
+            raise RasterduckError(f"backend returned {len(data)} bytes for a {tile.length}-byte tile", url=tile.url)
+        if tile.fmt is None:
+            tw, th = tile.mask_size
+            arr = decode_mask_tile(data, tw, th, tile.rows)[:, :, None]
+        else:
+            arr = decode_tile(data, tile.fmt, tile.rows)
+        stats.add(decoded=1, decode_seconds=time.perf_counter() - t0, decoded_rows=tile.rows,
+                  tile_rows=tile.fmt.tile_height if tile.fmt is not None else tile.mask_size[1])
+        for use in tile.uses:
+            _scatter(use, arr)
+    except Exception as exc:
+        tile.error = exc
+
+
+def _scatter(use: _Use, arr: np.ndarray) -> None:
+    p = use.part
+    block = arr[p.first_row : p.last_row + 1, p.first_col : p.last_col + 1]
+    ys, xs = _dest(p)
+    job = use.job
+    for slot, sample in use.targets:
+        job.data[slot, ys, xs] = block[:, :, sample]
+    if use.mask is not None:  # internal-mask bits (sample 0 of a mask tile) or an alpha sample
+        use.mask.valid[ys, xs] = block[:, :, use.alpha or 0] != 0
+
+
+# ---------------------------------------------------------------------------------------------------
+# finish
+
+
+def _finish(job: _Job) -> ReadResult:
+    """Apply the AOI mask and GDAL's mask band, fill, and compute the valid mask."""
+    data = job.data
+    h, w = job.window.shape
+    keep: np.ndarray | None = job.aoi
+    if keep is not None:
+        np.copyto(data, job.fill, where=~keep[None, :, :])
+    valid = np.ones((h, w), dtype=bool) if keep is None else keep.copy()
+    for m in job.masks:
+        if not job.raw:
+            hole = ~m.valid
+            for slot in m.slots:
+                np.copyto(data[slot], job.fill, where=hole)
+        valid &= m.valid
+    if job.missing is not None:
+        valid &= ~job.missing
+    nodata = job.meta.nodata
+    if nodata is not None:
+        valid &= nodata_valid(data, nodata)
+    meta = job.meta
+    transform = window_transform(meta.affine, job.window.col_off, job.window.row_off)
+    fill = job.fill.item()
+    return ReadResult(job.req.record_id, [b.band for b in job.req.bands], data, valid, transform, meta.crs,
+                      fill, str(data.dtype), job.window, meta.affine, job.req.geometry_index)
+
+
+def _wrap(exc: BaseException, req: ReadRequest) -> BaseException:
+    url = req.bands[0].url if req.bands else None
+    if isinstance(exc, RasterduckError):
+        return exc.with_context(record_id=req.record_id, url=url)
+    return RasterduckError(f"{type(exc).__name__}: {exc}", record_id=req.record_id, url=url)
+
+
+async def read_batch(requests: Sequence[ReadRequest], backend: Any, *, pixel_budget: int | None = DEFAULT_PIXEL_BUDGET,
+                     stats: ReadStats | None = None) -> list[ReadResult | BaseException | None]:
+    """Read a batch of pairs; per pair a ReadResult, None (the AOI misses the raster) or the error.
+
+    Raises only PixelBudgetExceeded (before any I/O); every other failure is returned in its pair's slot.
+    """
+    loop = asyncio.get_running_loop()
+    # planning and finishing are CPU work (masks, fills): off the event loop, which may serve other calls
+    jobs, tiles, sparse = await loop.run_in_executor(decode_pool(), plan, requests, pixel_budget)
+    st = stats if stats is not None else ReadStats()
+    st.add(tiles=len(tiles), sparse_tiles=sparse, mask_tiles=sum(1 for t in tiles.values() if t.fmt is None))
+    await fetch_and_decode(tiles, backend, st)
+    for t in tiles.values():
+        if t.error is not None:
+            for use in t.uses:
+                if use.job.error is None:
+                    use.job.error = t.error
+    out = await loop.run_in_executor(decode_pool(), _finish_all, jobs)
+    st.add(results=sum(1 for r in out if isinstance(r, ReadResult)))
+    return out
+
+
+def _finish_all(jobs: Sequence[_Job | BaseException | None]) -> list[ReadResult | BaseException | None]:
+    out: list[ReadResult | BaseException | None] = []
+    for j in jobs:
+        if not isinstance(j, _Job):
+            out.append(j)
+        elif j.error is not None:
+            out.append(_wrap(j.error, j.req))
+        else:
+            out.append(_finish(j))
+    return out
 
 
 def band_sources(accessor: Any, bands: Sequence[str]) -> list[BandSource]:
@@ -340,5 +598,22 @@ def band_sources(accessor: Any, bands: Sequence[str]) -> list[BandSource]:
         if meta is None or url is None:
             raise BandNotFoundError(f"band {b!r} not found (assets: {sorted(accessor.info.assets)})",
                                     record_id=accessor.id, band=b)
-        out.append(BandSource(b, meta, url, idx or 0))
+        src = BandSource(b, meta, url, idx or 0)
+        if mask_kind(meta, src.band_index) is MaskKind.ALPHA and not _chunky(meta):
+            src = BandSource(b, meta, url, src.band_index, _alpha_source(accessor, url, meta))
+        out.append(src)
     return out
+
+
+def _alpha_source(accessor: Any, url: str, meta: CogMetadata) -> BandSource | None:
+    """The record's band holding the alpha plane of `url` (planar files), if the record has it."""
+    alpha = alpha_sample(meta)
+    from .accessor import resolve_href
+
+    for key, asset in accessor.info.assets.items():
+        if not asset or resolve_href(asset) != url or int(asset.get("band_index") or 0) != alpha:
+            continue
+        m, u, idx = accessor.try_get_band_cog_metadata(key)
+        if m is not None and u == url and (idx or 0) == alpha:
+            return BandSource(key, m, u, alpha or 0)
+    return None
