@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import shapely
 
@@ -199,6 +198,8 @@ def open_collection(path: str | Path, *, name: str | None = None) -> Collection:
     if not p.exists():
         raise FileNotFoundError(f"no collection at {p}")
     if p.is_dir():
+        import pyarrow.dataset as ds  # imports pandas: only when a Hive folder is opened
+
         dataset = ds.dataset(p, format="parquet", partitioning="hive", exclude_invalid_files=True)
         table = dataset.to_table()
         schema_meta = (dataset.schema.metadata or {})
