@@ -145,7 +145,10 @@ def _http_header(server, rel: str) -> TiffHeader:
 
     backend = DefaultBackend()
     url = server.url("geotiff/" + rel)
-    return run_sync(read_header(url, header_fetcher(backend, url)))
+    try:
+        return run_sync(read_header(url, header_fetcher(backend, url)))
+    finally:
+        run_sync(backend.close())  # else its keep-alive connections outlive the test
 
 
 @pytest.mark.parametrize("rel", ["rio-tiler/cog.tif", "rasterio/cogeo.tif", "rio-tiler/web.tif", "cogeotiff/rgba8_cog.tiff",

@@ -11,6 +11,7 @@ import datetime as dt
 import math
 import threading
 from collections.abc import Sequence
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -21,7 +22,16 @@ from shapely.geometry.base import BaseGeometry
 from ..errors import BandNotFoundError, GeometryError, PixelBudgetExceeded, RasterduckError
 from .geobox import is_rectilinear, window_transform
 from .geometry import to_shapely_list, transform_geometry
-from .read import DEFAULT_PIXEL_BUDGET, ReadRequest, ReadResult, ReadStats, band_sources, read_batch
+from .read import (
+    DEFAULT_PIXEL_BUDGET,
+    ReadRequest,
+    ReadResult,
+    ReadStats,
+    band_sources,
+    impossible_coordinates,
+    misplaced_aoi,
+    read_batch,
+)
 from .window import Window
 
 if TYPE_CHECKING:
@@ -183,10 +193,16 @@ async def read_collection(
     boxes = [_lonlat_bounds(g, crs) for g in geoms]
     reqs: list[ReadRequest] = []
     missing: BandNotFoundError | None = None
+    matched = [False] * len(geoms)
+    footprints: list[tuple[tuple[float, float, float, float], str | None, str]] = []
     for acc in collection.iterate_rasters(list(bands)):
         rb = acc.info.bbox
+        if rb is not None:
+            footprints.append((rb, acc.info.crs, acc.id))
         hits = [i for i, b in enumerate(boxes)
                 if crs is None or (rb is not None and (b is None or _overlap(rb, b)))]
+        for i in hits:
+            matched[i] = True
         if not hits:
             continue
         try:
@@ -195,6 +211,9 @@ async def read_collection(
             missing = missing or exc
             continue
         reqs.extend(ReadRequest(acc.id, geoms[i], crs, sources, all_touched, geometry_index=i) for i in hits)
+    if crs is not None:
+        for i in (i for i, m in enumerate(matched) if not m):
+            _check_unmatched(geoms[i], crs, boxes[i], footprints, i)
     if not reqs and missing is not None:
         raise missing  # no overlapping record has the bands: most likely a wrong band name
     order = sorted(range(len(reqs)), key=lambda k: reqs[k].geometry_index or 0)
@@ -207,6 +226,33 @@ async def read_collection(
 
         results = warp_results(results, crs_string(target_crs) or "", resampling=resampling, resolution=resolution)
     return [r for r in results if r is not None]
+
+
+def _check_unmatched(geom: BaseGeometry, crs: str, box: tuple[float, float, float, float] | None,
+                     footprints: Sequence[tuple[tuple[float, float, float, float], str | None, str]],
+                     index: int) -> None:
+    """An AOI that overlaps no record is fine (no result), unless it overlaps a record with x and y
+    swapped while outside where that record's CRS is used (see `misplaced_aoi`), or its coordinates
+    are impossible in its CRS (metres passed as degrees): GeometryError."""
+    if box is not None:
+        swapped = _swap(box)
+        for rbox, raster_crs, rid in footprints:
+            if not _overlap(rbox, swapped):  # cheap filter: only records the swapped AOI could overlap
+                continue
+            msg = misplaced_aoi(geom, crs, raster_crs, partial(_box_hit, rbox))
+            if msg is not None:
+                raise GeometryError(f"AOI {index} overlaps no record: {msg}", record_id=rid)
+    impossible = impossible_coordinates(geom, crs)
+    if impossible is not None:
+        raise GeometryError(f"AOI {index}: {impossible}")
+
+
+def _swap(box: tuple[float, float, float, float]) -> tuple[float, float, float, float]:
+    return (box[1], box[0], box[3], box[2])
+
+
+def _box_hit(box: tuple[float, float, float, float], g: BaseGeometry) -> bool:
+    return _overlap(box, g.bounds)
 
 
 def _overlap(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> bool:

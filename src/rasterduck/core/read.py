@@ -15,19 +15,30 @@ the stored values, like `rasterio.sample` and `dataset.read`; there GDAL's mask 
 from __future__ import annotations
 
 import asyncio
+import copy
 import os
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
+import pyproj
+import shapely
 from shapely.geometry.base import BaseGeometry
 
-from ..errors import BandNotFoundError, PixelBudgetExceeded, RasterduckError
+from ..errors import (
+    BandNotFoundError,
+    DecodeError,
+    FetchError,
+    GeometryError,
+    PixelBudgetExceeded,
+    RasterduckError,
+)
 from ..io.ranges import DEFAULT_MAX_GAP, DEFAULT_MAX_SIZE, coalesce
 from ..tiff.decode import decode_tile
 from ..tiff.model import TileFormat
@@ -41,7 +52,7 @@ from .gdalmask import (
     nodata_valid,
 )
 from .geobox import Affine6, window_transform
-from .geometry import transform_geometry
+from .geometry import crs_key, transform_geometry
 from .metadata import CogMetadata
 from .rasterize import geometry_mask
 from .window import TilePart, Window, geometry_window, point_pixel, tiles_for_window
@@ -214,6 +225,7 @@ class _Planner:
         self._geoms: dict[tuple[int, str | int | None, str | None], BaseGeometry] = {}
         self._masks: dict[tuple[Any, ...], np.ndarray] = {}
         self._formats: dict[int, TileFormat] = {}
+        self._misses: dict[tuple[Any, ...], str | None] = {}
 
     def job(self, index: int, req: ReadRequest) -> _Job | None:
         """Window, AOI mask and mask kind of one request; None when it misses the raster."""
@@ -234,12 +246,14 @@ class _Planner:
             if geom.geom_type == "Point":
                 row, col = point_pixel(geom.x, geom.y, meta.affine)
                 if not (0 <= row < meta.image_height and 0 <= col < meta.image_width):
+                    self._check_miss(req, meta)
                     return None
                 win = Window(col, row, 1, 1)
             else:
                 raw = False
                 found = geometry_window(geom, meta.affine, meta.image_width, meta.image_height)
                 if found is None:
+                    self._check_miss(req, meta)
                     return None
                 win = found
                 aoi = self._mask(geom, meta, win, req.all_touched)
@@ -354,6 +368,22 @@ class _Planner:
             self._geoms[key] = geom
         return geom
 
+    def _check_miss(self, req: ReadRequest, meta: CogMetadata) -> None:
+        """An AOI that misses the raster is no error (None), unless it looks like it is in the wrong CRS or
+        axis order (see `misplaced_aoi`): then GeometryError, so a swapped lat/lon does not read as 'no data'."""
+        assert req.geometry is not None
+        key = (id(req.geometry), req.geometry_crs, meta.crs, meta.affine, meta.image_width, meta.image_height)
+        if key in self._misses:
+            msg = self._misses[key]
+        else:
+            def hits(g: BaseGeometry) -> bool:
+                moved = transform_geometry(g, "EPSG:4326", meta.crs) if meta.crs is not None else g
+                return geometry_window(moved, meta.affine, meta.image_width, meta.image_height) is not None
+
+            msg = self._misses[key] = misplaced_aoi(req.geometry, req.geometry_crs, meta.crs, hits)
+        if msg is not None:
+            raise GeometryError(msg, record_id=req.record_id)
+
     def _mask(self, geom: BaseGeometry, meta: CogMetadata, win: Window, all_touched: bool) -> np.ndarray:
         key = (id(geom), meta.affine, win, all_touched)
         mask = self._masks.get(key)
@@ -361,6 +391,77 @@ class _Planner:
             wt = window_transform(meta.affine, win.col_off, win.row_off)
             mask = self._masks[key] = geometry_mask(geom, win.shape, wt, all_touched=all_touched)
         return mask
+
+
+@lru_cache(maxsize=64)
+def _crs_facts(crs: str | int) -> tuple[bool, tuple[float, float, float, float] | None, str]:
+    """(is geographic, area of use (west, south, east, north) or None, a short label) of a CRS."""
+    try:
+        c = pyproj.CRS.from_user_input(crs_key(crs))
+    except (pyproj.exceptions.CRSError, GeometryError):
+        return False, None, str(crs)[:40]
+    area = c.area_of_use
+    auth = c.to_authority()
+    label = f"{auth[0]}:{auth[1]}" if auth else (c.name or str(crs)[:40])
+    return bool(c.is_geographic), (area.west, area.south, area.east, area.north) if area else None, label
+
+
+def impossible_coordinates(geom: BaseGeometry, crs: str | int) -> str | None:
+    """Why `geom` cannot be in `crs` when that is geographic (|lat| > 90, |lon| > 360), else None."""
+    geographic, _area, label = _crs_facts(crs)
+    if not geographic:
+        return None
+    x0, y0, x1, y1 = geom.bounds
+    if y0 < -90.0 or y1 > 90.0:
+        return (f"the AOI's y values ({y0:.6g} to {y1:.6g}) are not latitudes in {label}: AOIs must be "
+                "(x=lon, y=lat); were latitude and longitude swapped, or is the AOI in another CRS "
+                "(geometry_crs)?")
+    if x0 < -360.0 or x1 > 360.0:
+        return (f"the AOI's x values ({x0:.6g} to {x1:.6g}) are not longitudes in {label}; is the AOI in "
+                "another CRS (geometry_crs)?")
+    return None
+
+
+def _outside_area(lonlat: BaseGeometry, crs: str) -> str | None:
+    """A message when a lon/lat AOI lies wholly outside the area of use of `crs`, else None."""
+    _geo, area, label = _crs_facts(crs)
+    if area is None:
+        return None
+    w, s, e, n = area
+    x0, y0, x1, y1 = lonlat.bounds
+    eps = 1e-6
+    lon_ok = w > e or (x0 <= e + eps and w <= x1 + eps)  # an area across the antimeridian: lat decides
+    if lon_ok and y0 <= n + eps and s <= y1 + eps:
+        return None
+    return (f"the AOI (lon {x0:.6g} to {x1:.6g}, lat {y0:.6g} to {y1:.6g}) is outside the area of use of "
+            f"{label} (lon {w:g} to {e:g}, lat {s:g} to {n:g})")
+
+
+def misplaced_aoi(geom: BaseGeometry, geom_crs: str | int | None, raster_crs: str | None,
+                  hits: Callable[[BaseGeometry], bool]) -> str | None:
+    """Why an AOI that misses a raster is probably in the wrong axis order, else None.
+
+    The sign: the AOI lies where its CRS cannot place it (|lat| > 90 in a geographic CRS) or outside
+    the area of use of `raster_crs`, and its x/y-swapped lon/lat version `hits` the raster (the
+    (lat, lon) mistake). An AOI merely beside the raster (a join pairing it with a neighbouring
+    scene) gives None, as does any AOI the area of use cannot judge (a world-wide CRS such as EPSG:4326
+    with valid latitudes).
+    """
+    if geom_crs is None or raster_crs is None:
+        return None
+    try:
+        why = impossible_coordinates(geom, geom_crs)
+        lonlat = geom if why else transform_geometry(geom, geom_crs, "EPSG:4326")
+        why = why or _outside_area(lonlat, raster_crs)
+        if why is None:
+            return None
+        swapped = shapely.transform(lonlat, lambda xy: xy[:, ::-1])
+        y0, y1 = swapped.bounds[1], swapped.bounds[3]
+        if y0 < -90.0 or y1 > 90.0 or not hits(swapped):
+            return None
+    except (GeometryError, pyproj.exceptions.ProjError, ValueError):
+        return None
+    return f"{why}; with x and y swapped it overlaps the raster: were latitude and longitude swapped?"
 
 
 def _as_window(w: tuple[int, int, int, int] | Window) -> Window:
@@ -415,10 +516,8 @@ def plan(requests: Sequence[ReadRequest], budget: int | None = DEFAULT_PIXEL_BUD
     for i, req in enumerate(requests):
         try:
             jobs.append(planner.job(i, req))
-        except RasterduckError as exc:
-            jobs.append(exc.with_context(record_id=req.record_id, url=req.bands[0].url if req.bands else None))
-        except Exception as exc:  # shapely / pyproj errors on odd AOIs
-            jobs.append(RasterduckError(f"{type(exc).__name__}: {exc}", record_id=req.record_id))
+        except Exception as exc:  # ours, or shapely / pyproj errors on odd AOIs
+            jobs.append(_wrap(exc, req))
     _check_budget(jobs, budget)
     for j in jobs:
         if isinstance(j, _Job):
@@ -478,9 +577,13 @@ async def fetch_and_decode(tiles: dict[_TileKey, _Tile], backend: Any, stats: Re
         t0 = time.perf_counter()
         try:
             datas = await backend.read_ranges(url, [(t.offset, t.length) for t in group])
-        except Exception as exc:
+        except Exception as exc:  # a custom backend may raise anything: name the URL all the same
+            err = (exc.with_context(url=url) if isinstance(exc, RasterduckError)
+                   else FetchError(f"{type(exc).__name__}: {exc}", url=url))
+            if err is not exc:
+                err.__cause__ = exc
             for t in group:
-                t.error = exc
+                t.error = err
             return
         st.add(fetch_calls=1, bytes_fetched=sum(t.length for t in group), fetch_seconds=time.perf_counter() - t0)
         await asyncio.gather(*(loop.run_in_executor(pool, _decode_scatter, t, d, st)
@@ -504,8 +607,13 @@ def _decode_scatter(tile: _Tile, data: bytes, stats: ReadStats) -> None:
                   tile_rows=tile.fmt.tile_height if tile.fmt is not None else tile.mask_size[1])
         for use in tile.uses:
             _scatter(use, arr)
-    except Exception as exc:
-        tile.error = exc
+    except RasterduckError as exc:
+        tile.error = exc.with_context(url=tile.url)
+    except Exception as exc:  # imagecodecs / NumPy surprises on corrupt data: still name the tile
+        err = DecodeError(f"tile at byte {tile.offset} ({tile.length} bytes): {type(exc).__name__}: {exc}",
+                          url=tile.url)
+        err.__cause__ = exc
+        tile.error = err
 
 
 def _scatter(use: _Use, arr: np.ndarray) -> None:
@@ -550,10 +658,23 @@ def _finish(job: _Job) -> ReadResult:
 
 
 def _wrap(exc: BaseException, req: ReadRequest) -> BaseException:
-    url = req.bands[0].url if req.bands else None
-    if isinstance(exc, RasterduckError):
-        return exc.with_context(record_id=req.record_id, url=url)
-    return RasterduckError(f"{type(exc).__name__}: {exc}", record_id=req.record_id, url=url)
+    """The error of one pair, naming its record, band(s) and URL, with the pair's `geometry_index`. A
+    tile's error is shared by every pair that needs the tile (maybe of other records): each gets a copy."""
+    if not isinstance(exc, RasterduckError):
+        url = req.bands[0].url if req.bands else None
+        new = RasterduckError(f"{type(exc).__name__}: {exc}", record_id=req.record_id, url=url)
+        new.geometry_index = req.geometry_index  # type: ignore[attr-defined]
+        return new
+    own = copy.copy(exc)
+    own.geometry_index = req.geometry_index  # type: ignore[attr-defined]  # which AOI, like ReadResult
+    own.__cause__, own.__traceback__ = exc.__cause__, exc.__traceback__
+    if own.band is None and req.bands:
+        named = [s.band for s in req.bands if own.url is not None and s.url == own.url]
+        if not named and len(req.bands) == 1:
+            named = [req.bands[0].band]
+        if named:
+            own.with_context(band=",".join(dict.fromkeys(named)))
+    return own.with_context(record_id=req.record_id, url=req.bands[0].url if req.bands else None)
 
 
 async def read_batch(requests: Sequence[ReadRequest], backend: Any, *, pixel_budget: int | None = DEFAULT_PIXEL_BUDGET,

@@ -6,6 +6,9 @@ timeouts, truncated bodies, wrong Content-Range, 408, 429 and 5xx are retried wi
 and full jitter (Retry-After honoured up to a cap); other 4xx fail at once with ``FetchError``. A 200 to a
 Range request is cut short: only the bytes up to the range end are read (when that is at most
 ``ignored_range_max``) and the connection is dropped. Redirects are followed by hand, http(s) only.
+When the access policy refuses some addresses (private, link-local, ...), host names go through a
+resolver that drops refused addresses, so a connection only ever goes to an address that passed the
+check (no check-then-resolve-again race); a name with no allowed address fails at once, not retried.
 """
 
 from __future__ import annotations
@@ -24,10 +27,12 @@ from typing import Any
 from urllib.parse import urljoin
 
 import aiohttp
+from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.resolver import DefaultResolver
 
 from rasterduck.errors import AccessDeniedError, FetchError
 from rasterduck.io.backend import CoalescingBackend
-from rasterduck.io.policy import AccessPolicy, url_scheme
+from rasterduck.io.policy import AccessPolicy, numeric_address, url_scheme
 
 _CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$", re.IGNORECASE)
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
@@ -106,6 +111,50 @@ def retry_delay(attempt: int, retry_after: float | None, options: HttpOptions, r
     return (rng or random).uniform(0.0, ceiling)
 
 
+class PolicyResolver(AbstractResolver):
+    """A resolver that keeps only the addresses the access policy allows; none left: AccessDeniedError."""
+
+    def __init__(self, policy: AccessPolicy, inner: AbstractResolver | None = None) -> None:
+        self.policy = policy
+        self.inner = inner if inner is not None else DefaultResolver()
+
+    async def resolve(self, host: str, port: int = 0, family: Any = 0) -> list[ResolveResult]:
+        """Resolve ``host`` with the inner resolver and drop refused addresses."""
+        found = await self.inner.resolve(host, port, family)
+        kept: list[ResolveResult] = []
+        first_refusal: AccessDeniedError | None = None
+        for entry in found:
+            ip = numeric_address(str(entry["host"]))
+            try:
+                if ip is None:
+                    raise AccessDeniedError(f"{host} resolved to {entry['host']!r}, not an address")
+                self.policy.check_address(ip, host=host)
+            except AccessDeniedError as exc:
+                first_refusal = first_refusal or exc
+                continue
+            kept.append(entry)
+        if not kept:
+            raise first_refusal or AccessDeniedError(f"{host} resolves to no address")
+        return kept
+
+    async def close(self) -> None:
+        """Close the inner resolver."""
+        await self.inner.close()
+
+
+def _denial(exc: BaseException) -> AccessDeniedError | None:
+    """The policy refusal inside an aiohttp connection error (the resolver's AccessDeniedError), if any."""
+    seen: BaseException | None = exc
+    for _ in range(5):
+        if seen is None:
+            return None
+        if isinstance(seen, AccessDeniedError):
+            return seen
+        inner = getattr(seen, "os_error", None)
+        seen = inner if isinstance(inner, BaseException) else seen.__cause__
+    return None
+
+
 async def _drain_small(resp: aiohttp.ClientResponse, limit: int = 64 * 1024) -> None:
     """Read a short error or redirect body so the connection can go back to the pool; else drop it."""
     if resp.content_length is not None and resp.content_length <= limit:
@@ -143,7 +192,8 @@ class HttpBackend(CoalescingBackend):
             limit=o.pool_limit or max(100, concurrent), limit_per_host=o.limit_per_host or concurrent,
             ttl_dns_cache=o.dns_cache_ttl,
             use_dns_cache=True, keepalive_timeout=o.keepalive_timeout,
-            ssl=ssl.create_default_context(cafile=o.ca_file) if o.ca_file else True)
+            ssl=ssl.create_default_context(cafile=o.ca_file) if o.ca_file else True,
+            resolver=PolicyResolver(self.policy) if self.policy.checks_addresses else None)
         timeout = aiohttp.ClientTimeout(total=None, connect=None, sock_connect=o.connect_timeout,
                                         sock_read=o.read_timeout)
         headers = {"User-Agent": o.user_agent, "Accept-Encoding": "identity", **o.headers}
@@ -219,7 +269,13 @@ class HttpBackend(CoalescingBackend):
             except aiohttp.ClientSSLError as exc:  # a bad certificate will not get better by retrying
                 raise FetchError(f"TLS error: {exc}", url=url) from exc
             except aiohttp.ClientConnectionError as exc:
+                denied = _denial(exc)
+                if denied is not None:  # refused by the policy after resolving: permanent
+                    where = "" if current == url else f" (redirected to {current})"
+                    raise AccessDeniedError(denied.message + where, url=url) from exc
                 raise _Retryable(f"connection failed: {exc!r}") from exc
+            except aiohttp.InvalidURL as exc:
+                raise FetchError(f"invalid URL: {exc}", url=url) from exc
             try:
                 if resp.status in _REDIRECTS:
                     current = self._redirect_target(url, current, resp, hop)
@@ -250,7 +306,11 @@ class HttpBackend(CoalescingBackend):
         target = urljoin(current, location)
         if url_scheme(target) not in ("http", "https"):
             raise AccessDeniedError(f"redirect to a non-HTTP URL refused: {target}", status=resp.status, url=url)
-        self.policy.check_remote(target)
+        try:
+            self.policy.check_remote(target)
+        except AccessDeniedError as exc:  # name the URL that was asked for; the target is in the message
+            raise AccessDeniedError(f"redirect to {target} refused: {exc.message}", status=resp.status,
+                                    url=url) from exc
         self.stats.add(redirects=1)
         return target
 
