@@ -302,9 +302,6 @@ def test_collection_with_wrong_types(scene: Scene) -> None:
         rasterduck.Collection(t.set_column(t.schema.get_field_index("geometry"), "geometry", pa.array([1, 2])))
 
 
-@pytest.mark.xfail(strict=True, raises=AttributeError,
-                   reason="open_collection resolves relative hrefs before validating the schema "
-                          "(core/collection.py, not owned here): assets of a wrong type raise AttributeError")
 def test_open_collection_with_assets_of_a_wrong_type(scene: Scene, tmp_path: Path) -> None:
     import pyarrow.parquet as pq
 

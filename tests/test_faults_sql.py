@@ -375,9 +375,6 @@ def test_broken_collection_gives_a_clear_error(scene: Scene, tmp_path: Path, con
     assert con.execute("SELECT count(*) FROM scenes").fetchall() == [(RECORDS,)]
 
 
-@pytest.mark.xfail(strict=True, raises=AttributeError,
-                   reason="attach() looks for relative hrefs before checking the assets column's type "
-                          "(duck/register.py, not owned here): an AttributeError instead of a CollectionError")
 def test_assets_of_a_wrong_type_are_refused_at_attach(scene: Scene, tmp_path: Path, connect: Any) -> None:
     con, _ = connect()
     with pytest.raises(CollectionError, match="assets"):

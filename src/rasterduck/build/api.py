@@ -98,7 +98,8 @@ def _stats_requests(backend: Any) -> int | None:
 
 
 async def build_async(specs_or_hrefs: Any, *, backend: Any, max_concurrent: int = 64, band_map: Any = None,
-                      progress: Progress | None = None, report: BuildReport | None = None) -> pa.Table:
+                      progress: Progress | None = None, report: BuildReport | None = None,
+                      ids: Sequence[str] | None = None, datetimes: Any = None) -> pa.Table:
     """Fetch every header the specs need and assemble the table (hrefs: bands named after samples)."""
     report = report if report is not None else BuildReport()
     t0 = time.perf_counter()
@@ -107,7 +108,7 @@ async def build_async(specs_or_hrefs: Any, *, backend: Any, max_concurrent: int 
         hrefs = list(specs_or_hrefs)
         headers = await read_headers(hrefs, backend, max_concurrent=max_concurrent, progress=progress)
         samples = {h: (v.image.samples_per_pixel if isinstance(v, TiffHeader) else 1) for h, v in headers.items()}
-        specs = specs_from_hrefs(hrefs, band_map=band_map, samples=samples)
+        specs = specs_from_hrefs(hrefs, band_map=band_map, ids=ids, datetimes=datetimes, samples=samples)
     else:
         specs = list(specs_or_hrefs)
         urls = [href for s in specs for href, _ in s.assets.values()]
@@ -150,7 +151,7 @@ def build_collection(
     to keep (or code -> asset key). Local paths need `allow_local` (True or root folders); by default a
     build from local paths allows exactly the folders of those paths.
     """
-    from ..io.loop import run_sync
+    from ..io.loop import get_default_backend, run_sync
 
     specs: Any
     if stac is not None:
@@ -164,26 +165,21 @@ def build_collection(
         specs = specs_from_table(table, href_column=href_column, band_index_map=band_index_map)
     elif hrefs is not None:
         hrefs = [str(h) for h in hrefs]
-        if ids is not None or datetimes is not None:
-            specs = None
-        else:
-            specs = hrefs
+        specs = hrefs
     else:
         raise RasterduckError("build_collection needs hrefs, stac= or table=")
-    urls = hrefs if specs is None or (specs and isinstance(specs[0], str)) else [h for s in specs for h, _ in s.assets.values()]
+    urls = hrefs if specs and isinstance(specs[0], str) else [h for s in specs for h, _ in s.assets.values()]
     trust_own_paths = stac is None and table is None  # hrefs the caller typed: their folders are allowed
     be = backend if backend is not None else _backend_for(urls or [], allow_local, trust_own_paths)
-    if specs is None:  # hrefs with ids/datetimes: samples from the headers first
-        async def with_ids() -> pa.Table:
-            headers = await read_headers(hrefs or [], be, max_concurrent=max_concurrent, progress=progress)
-            samples = {h: (v.image.samples_per_pixel if isinstance(v, TiffHeader) else 1) for h, v in headers.items()}
-            sp = specs_from_hrefs(hrefs or [], band_map=bands, ids=ids, datetimes=datetimes, samples=samples)
-            return await build_async(sp, backend=be, max_concurrent=max_concurrent, report=report)
-        tbl = run_sync(with_ids())
-    else:
+    own = backend is None and be is not get_default_backend()  # a backend made for this build: closed after
+    hrefs_only = bool(specs) and isinstance(specs[0], str)
+    try:
         tbl = run_sync(build_async(specs, backend=be, max_concurrent=max_concurrent,
-                                   band_map=bands if specs and isinstance(specs[0], str) else None,
-                                   progress=progress, report=report))
+                                   band_map=bands if hrefs_only else None, progress=progress, report=report,
+                                   ids=ids, datetimes=datetimes))
+    finally:
+        if own:
+            run_sync(be.close())
     return Collection(tbl, name=name, data_source=data_source, description=description)
 
 

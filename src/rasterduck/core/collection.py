@@ -210,6 +210,7 @@ def open_collection(path: str | Path, *, name: str | None = None) -> Collection:
         if col in table.column_names and not pa.types.is_integer(table.schema.field(col).type):
             table = table.set_column(table.schema.get_field_index(col), col, pc.cast(pc.cast(table[col], pa.string()), pa.int32()))
     meta = {k.decode(): v.decode() for k, v in schema_meta.items() if k != b"geo"}
+    validate(table.schema)  # before anything reads the columns
     table = _resolve_relative_hrefs(table, p if p.is_dir() else p.parent)
     return Collection(
         table,

@@ -330,8 +330,11 @@ def attach(
     else:
         import pyarrow.parquet as pq
 
+        from ..core.schema import validate
+
         path = Path(collection).expanduser()
         source, folder, files = _parquet_source(path)
+        validate(pq.read_schema(files[0]))  # clear CollectionError before anything reads the columns
         select = "*"
         if _has_relative_hrefs(files[0], folder):
             assets_type = pq.read_schema(files[0]).field("assets").type
