@@ -19,7 +19,7 @@ import copy
 import os
 import threading
 import time
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -388,9 +388,43 @@ class _Planner:
         key = (id(geom), meta.affine, win, all_touched)
         mask = self._masks.get(key)
         if mask is None:
-            wt = window_transform(meta.affine, win.col_off, win.row_off)
-            mask = self._masks[key] = geometry_mask(geom, win.shape, wt, all_touched=all_touched)
+            mask = self._masks[key] = _MASKS.get(geom, meta.affine, win, all_touched)
         return mask
+
+
+class _MaskCache:
+    """AOI masks shared across calls: a time series reads one field from many scenes on the same grid, and
+    the SQL layer sees each row's AOI as a fresh geometry, so masks are keyed by the geometry's WKB, the
+    grid and the window. Bounded by the number of mask pixels held; thread-safe."""
+
+    def __init__(self, max_pixels: int = 32 * 1024 * 1024) -> None:
+        self.max_pixels = max_pixels
+        self._items: OrderedDict[tuple[Any, ...], np.ndarray] = OrderedDict()
+        self._pixels = 0
+        self._lock = threading.Lock()
+
+    def get(self, geom: BaseGeometry, affine: Affine6, win: Window, all_touched: bool) -> np.ndarray:
+        key = (shapely.to_wkb(geom), affine, win, all_touched)
+        with self._lock:
+            hit = self._items.get(key)
+            if hit is not None:
+                self._items.move_to_end(key)
+                return hit
+        wt = window_transform(affine, win.col_off, win.row_off)
+        mask = geometry_mask(geom, win.shape, wt, all_touched=all_touched)
+        mask.flags.writeable = False  # shared between results: never modified in place
+        if mask.size <= self.max_pixels // 4:
+            with self._lock:
+                if key not in self._items:
+                    self._items[key] = mask
+                    self._pixels += mask.size
+                while self._pixels > self.max_pixels:
+                    _, old = self._items.popitem(last=False)
+                    self._pixels -= old.size
+        return mask
+
+
+_MASKS = _MaskCache()
 
 
 @lru_cache(maxsize=64)
