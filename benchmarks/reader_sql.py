@@ -1,0 +1,114 @@
+"""Reader: rasterduck via SQL (DuckDB), on the same collection and pairs as the Python reader.
+
+    con = rasterduck.connect(); rasterduck.attach(con, "scenes", <collection.parquet>)
+    SELECT p.aoi_id, r.id, load_bands(r, p.geom, [bands]) FROM scenes r JOIN pairs p ON r.id = p.scene_id
+
+For read scenarios the whole result is fetched as Arrow. For the stream scenario (S5) the result is
+consumed batch by batch (`fetch_record_batch`) and only counted, so peak RSS shows what the engine holds
+in flight; hashes are kept for the AOIs listed in the spec's `check_aois` only.
+Skips (with the reason) while `rasterduck.duck` has no `connect`.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import Run, SkipReader, key, main_guard, peak_rss_mb, pixel_hash
+
+run = Run("rasterduck-sql")
+
+import numpy as np  # noqa: E402
+import pyarrow as pa  # noqa: E402
+
+import rasterduck  # noqa: E402
+
+_IMPORT_ERROR: str | None = None
+try:
+    import rasterduck.duck
+
+    rasterduck.connect  # noqa: B018  (AttributeError while the SQL surface is missing)
+    rasterduck.attach  # noqa: B018
+except (ImportError, AttributeError) as exc:
+    _IMPORT_ERROR = f"rasterduck SQL surface not importable yet ({type(exc).__name__}: {exc})"
+import duckdb  # noqa: E402, F401
+
+run.imported()
+
+
+def _pairs_table(spec: dict[str, Any]) -> pa.Table:
+    scene_ids, aoi_ids, geoms = [], [], []
+    for s, idx in spec["pairs"]:
+        for i in idx:
+            scene_ids.append(spec["scenes"][s]["id"])
+            aoi_ids.append(spec["aois"][i]["id"])
+            geoms.append(bytes.fromhex(spec["aois"][i]["wkb"]))
+    return pa.table({"scene_id": scene_ids, "aoi_id": aoi_ids, "geom": pa.array(geoms, pa.binary())})
+
+
+def _row_hashes(batch: pa.RecordBatch, keep: set[str] | None) -> dict[str, str]:
+    """Hashes of every band array of every non-NULL result row of a batch."""
+    out = {}
+    aoi_col = batch.column("aoi_id").to_pylist()
+    scene_col = batch.column("scene_id").to_pylist()
+    px = batch.column("px")
+    for i, (aoi_id, sid) in enumerate(zip(aoi_col, scene_col, strict=True)):
+        if keep is not None and aoi_id not in keep:
+            continue
+        if not px[i].is_valid:
+            continue
+        row = px[i]
+        h, w = row["height"].as_py(), row["width"].as_py()
+        if not h or not w:
+            continue
+        names = row["bands"].as_py()
+        data = row["data"].values  # list of per-band flat lists
+        for j, band in enumerate(names):
+            flat = data[j].values.to_numpy(zero_copy_only=False)
+            out[key(aoi_id, sid, band)] = pixel_hash(np.asarray(flat).reshape(h, w))
+    return out
+
+
+def body() -> dict[str, str]:
+    """Run the join query; return hashes."""
+    if _IMPORT_ERROR is not None:
+        raise SkipReader(_IMPORT_ERROR)
+    spec = run.spec
+    con = rasterduck.connect()
+    rasterduck.attach(con, "scenes", spec["rasterduck_collection"])
+    pairs = _pairs_table(spec)
+    con.register("pairs", pairs)
+    band_list = ", ".join(f"'{b}'" for b in spec["bands"])
+    sql = (f"SELECT p.aoi_id, r.id AS scene_id, load_bands(r, p.geom, [{band_list}]) AS px "
+           "FROM scenes r JOIN pairs p ON r.id = p.scene_id")
+    run.extra["rows"] = pairs.num_rows
+    if spec["kind"] == "stream":
+        keep = set(spec.get("check_aois", []))
+        hashes: dict[str, str] = {}
+        res = con.execute(sql)
+        n = int(spec.get("batch_rows", 2048))
+        reader = res.to_arrow_reader(n) if hasattr(res, "to_arrow_reader") else res.fetch_record_batch(n)
+        rows = pixels = 0
+        rss_base = peak_rss_mb()
+        for batch in reader:
+            rows += batch.num_rows
+            h = batch.column("px").combine_chunks() if isinstance(batch.column("px"), pa.ChunkedArray) else batch.column("px")
+            heights = h.field("height").fill_null(0).to_numpy(zero_copy_only=False)
+            widths = h.field("width").fill_null(0).to_numpy(zero_copy_only=False)
+            pixels += int((heights.astype(np.int64) * widths).sum())
+            hashes.update(_row_hashes(batch, keep))
+        run.done()
+        run.extra.update(rows_streamed=rows, pixels=pixels, rss_before_stream_mb=rss_base)
+        return hashes
+    res = con.execute(sql)
+    table = res.to_arrow_table() if hasattr(res, "to_arrow_table") else res.fetch_arrow_table()
+    run.done()
+    out: dict[str, str] = {}
+    for batch in table.to_batches():
+        out.update(_row_hashes(batch, None))
+    return out
+
+
+main_guard(run, body)
