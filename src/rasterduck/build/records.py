@@ -33,6 +33,13 @@ def _epsg_of(crs: str | None) -> int | None:
     return None
 
 
+def _timestamps(values: list[dt.datetime | None]) -> pa.Array:
+    """timestamp[us] from naive datetimes, built from integers (pa.array on datetimes imports pandas)."""
+    epoch = dt.datetime(1970, 1, 1)
+    micros = [None if v is None else (v - epoch) // dt.timedelta(microseconds=1) for v in values]
+    return pa.array(micros, pa.int64()).cast(pa.timestamp("us"))
+
+
 def assemble(specs: list[RecordSpec], headers: dict[str, TiffHeader | BaseException]) -> pa.Table:
     """The records table; a band whose header failed is null with its error in `build_errors`."""
     bands: list[str] = []
@@ -96,7 +103,7 @@ def assemble(specs: list[RecordSpec], headers: dict[str, TiffHeader | BaseExcept
                 a[b] = None
     arrays: list[pa.Array] = [
         pa.array(rows["id"], pa.string()),
-        pa.array(rows["datetime"], pa.timestamp("us")),
+        _timestamps(rows["datetime"]),
         pa.array(rows["geometry"], pa.binary()),
         pa.array(rows["assets"], assets_type),
         pa.array(rows["proj:epsg"], pa.int32()),

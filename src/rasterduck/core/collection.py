@@ -244,7 +244,6 @@ def _resolve_relative_hrefs(table: pa.Table, folder: Path) -> pa.Table:
 def record_footprint(width: int, height: int, affine: tuple[float, ...], crs: str | None) -> tuple[bytes, dict[str, float]]:
     """The raster's outline in CRS84 as WKB (edges densified before reprojection) and its bbox."""
     import numpy as np
-    from pyproj import CRS, Transformer
 
     a, b, c, d, e, f = affine
     n = 21
@@ -253,9 +252,11 @@ def record_footprint(width: int, height: int, affine: tuple[float, ...], crs: st
     xs = a * cols + b * rows + c
     ys = d * cols + e * rows + f
     if crs is not None:
-        src = CRS.from_user_input(crs)
-        if not src.equals(CRS.from_epsg(4326), ignore_axis_order=True):
-            xs, ys = Transformer.from_crs(src, "OGC:CRS84", always_xy=True).transform(xs, ys)
+        from .geometry import get_transformer
+
+        tr = get_transformer(crs, "OGC:CRS84")  # cached per CRS: a build has few distinct ones
+        if tr is not None:
+            xs, ys = tr.transform(xs, ys)
     ring = np.column_stack([xs, ys])
     if not np.isfinite(ring).all():
         raise CollectionError("raster footprint does not reproject to CRS84")
