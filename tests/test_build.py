@@ -135,3 +135,18 @@ def test_cli_build(server, tmp_path: Path) -> None:
     assert "nothing.tif" in proc.stderr
     c = rasterduck.open_collection(out)
     assert c.bands == ["red", "green", "blue"]
+
+
+def test_build_from_stac_url(make_server, tmp_path: Path) -> None:
+    import shutil
+
+    shutil.copy(corpus_dir() / "rio-tiler" / "cog.tif", tmp_path / "cog.tif")
+    srv = make_server(root=tmp_path)
+    item = {"type": "Feature", "id": "remote", "geometry": None, "properties": {"datetime": "2022-02-02T00:00:00Z"},
+            "assets": {"B01": {"href": "cog.tif", "type": "image/tiff; application=geotiff"}}}
+    (tmp_path / "item.json").write_text(json.dumps(item))
+    c = rasterduck.build_collection(stac=srv.url("item.json"))
+    assert c.errors() == []
+    row = c.to_arrow().to_pylist()[0]
+    assert row["assets"]["B01"]["href"] == srv.url("cog.tif")  # relative href resolved against the item URL
+    assert row["B01_metadata"]["image_width"] == 2658

@@ -156,7 +156,7 @@ def build_collection(
     specs: Any
     if stac is not None:
         base = str(stac) if isinstance(stac, str | Path) else None
-        items = load_stac_json(stac)
+        items = load_stac_json(stac, fetch_text=lambda url: _fetch_text(url, backend))
         if isinstance(bands, Mapping):
             specs = specs_from_stac(items, band_map={k: str(v) for k, v in bands.items()}, band_index_map=band_index_map, base_url=base)
         else:
@@ -181,6 +181,18 @@ def build_collection(
         if own:
             run_sync(be.close())
     return Collection(tbl, name=name, data_source=data_source, description=description)
+
+
+def _fetch_text(url: str, backend: Any) -> str:
+    """A whole small document (STAC JSON) over HTTP through the range backend: one bounded read."""
+    from ..io.loop import get_default_backend, run_sync
+    from .sources import STAC_MAX_BYTES
+
+    be = backend if backend is not None else get_default_backend()
+    data = run_sync(be.read_upto(url, 0, STAC_MAX_BYTES + 1))
+    if len(data) > STAC_MAX_BYTES:
+        raise RasterduckError(f"STAC document larger than {STAC_MAX_BYTES} bytes", url=url)
+    return bytes(data).decode("utf-8")
 
 
 def _backend_for(urls: Sequence[str], allow_local: bool | Sequence[str | Path] | None, trust_own_paths: bool) -> Any:

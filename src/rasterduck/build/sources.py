@@ -71,10 +71,19 @@ def specs_from_hrefs(
 _TIFF_TYPES = ("image/tiff", "image/vnd.stac.geotiff")
 
 
-def load_stac_json(source: str | Path | Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Items from an Item, an ItemCollection/FeatureCollection, a list of items, or a JSON file."""
-    if isinstance(source, str | Path):
-        data: Any = json.loads(Path(source).read_text())
+STAC_MAX_BYTES = 256 * 1024 * 1024  # a STAC document larger than this is refused
+
+
+def load_stac_json(source: str | Path | Mapping[str, Any] | Sequence[Mapping[str, Any]],
+                   fetch_text: Any = None) -> list[dict[str, Any]]:
+    """Items from an Item, an ItemCollection/FeatureCollection, a list of items, a JSON file, or an
+    http(s) URL (read with `fetch_text(url) -> str`, the I/O layer's bounded reader)."""
+    if isinstance(source, str) and re.match(r"^https?://", source):
+        if fetch_text is None:
+            raise CollectionError("reading STAC from a URL needs a fetcher")
+        data: Any = json.loads(fetch_text(source))
+    elif isinstance(source, str | Path):
+        data = json.loads(Path(source).read_text())
     else:
         data = source
     if isinstance(data, Mapping):
