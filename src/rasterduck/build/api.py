@@ -188,7 +188,7 @@ def _fetch_text(url: str, backend: Any) -> str:
     from ..io.loop import get_default_backend, run_sync
     from .sources import STAC_MAX_BYTES
 
-    be = backend if backend is not None else get_default_backend()
+    be: Any = backend if backend is not None else get_default_backend()
     data = run_sync(be.read_upto(url, 0, STAC_MAX_BYTES + 1))
     if len(data) > STAC_MAX_BYTES:
         raise RasterduckError(f"STAC document larger than {STAC_MAX_BYTES} bytes", url=url)
