@@ -361,17 +361,23 @@ def _broken(tmp_path: Path, scene: Scene, how: str) -> Path:
     return path
 
 
-@pytest.mark.parametrize(("how", "message"), [
-    ("no-assets", r"BandNotFoundError: band 'b1' not found .*record 'scene-0', band 'b1'"),
-    ("metadata-without-tiles", r"CollectionError: band metadata lacks a required field .*record 'scene-0', band 'b1'"),
+@pytest.mark.parametrize(("how", "message", "at_attach"), [
+    ("no-assets", r"BandNotFoundError: band 'b1' not found .*record 'scene-0', band 'b1'",
+     r"missing required column\(s\) \['assets'\]"),
+    ("metadata-without-tiles", r"CollectionError: band metadata lacks a required field .*record 'scene-0', band 'b1'",
+     r"'b1_metadata' lacks fields \['tile_byte_counts', 'tile_height', 'tile_offsets'"),
 ])
 def test_broken_collection_gives_a_clear_error(scene: Scene, tmp_path: Path, connect: Any, how: str,
-                                               message: str) -> None:
+                                               message: str, at_attach: str) -> None:
     con, _ = connect()
-    rasterduck.attach(con, "broken", _broken(tmp_path, scene, how))
+    path = _broken(tmp_path, scene, how)
+    with pytest.raises(CollectionError, match=at_attach):  # attach checks the schema first
+        rasterduck.attach(con, "broken", path)
+    # read without attach: the row's error names record and band
     aoi = scene.aois[0].wkb_hex
     with pytest.raises(duckdb.Error, match=message):
-        con.execute(f"SELECT load_bands(r, from_hex('{aoi}'), ['b1']) FROM broken r WHERE id = 'scene-0'").fetchall()
+        con.execute(f"SELECT load_bands(r, from_hex('{aoi}'), ['b1']) FROM read_parquet('{path}') r "
+                    "WHERE id = 'scene-0'").fetchall()
     assert con.execute("SELECT count(*) FROM scenes").fetchall() == [(RECORDS,)]
 
 
