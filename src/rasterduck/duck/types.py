@@ -6,14 +6,15 @@ every band dtype of every collection attached with `rasterduck.attach` (before a
 One uint16 collection gives USMALLINT, an int8 one TINYINT, float32 FLOAT; attaching both a uint16 and
 an int8 collection promotes to INTEGER (int32, the smallest type holding both), uint16 with float32 to FLOAT.
 The typed variants `load_bands_u8 ... load_bands_f64` always exist and never change.
+The rule itself (`pixel_dtype`, `promote`) is engine-neutral and lives in core/kernel.py.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 import numpy as np
 import pyarrow as pa
+
+from ..core.kernel import DEFAULT_PIXEL_DTYPE, pixel_dtype, promote
 
 # NumPy dtype name -> (DuckDB type, suffix of the typed variant)
 PIXEL_TYPES: dict[str, tuple[str, str]] = {
@@ -28,7 +29,6 @@ PIXEL_TYPES: dict[str, tuple[str, str]] = {
     "float32": ("FLOAT", "f32"),
     "float64": ("DOUBLE", "f64"),
 }
-DEFAULT_PIXEL_DTYPE = "float64"
 
 ZONAL_TYPE = ("STRUCT(count BIGINT, valid_count BIGINT, min DOUBLE, max DOUBLE, mean DOUBLE, std DOUBLE, "
               "sum DOUBLE)")
@@ -36,31 +36,9 @@ SEDONA_STATS_TYPE = ("STRUCT(count DOUBLE, sum DOUBLE, mean DOUBLE, median DOUBL
                      "stddev DOUBLE, variance DOUBLE, min DOUBLE, max DOUBLE)")
 
 
-def pixel_dtype(dtype: str | np.dtype) -> str:
-    """The canonical NumPy name of a band dtype we can return ('float16' widens to 'float32')."""
-    dt = np.dtype(dtype)
-    if dt == np.float16:
-        return "float32"
-    if dt.kind == "b":
-        return "uint8"
-    name = dt.name
-    if name not in PIXEL_TYPES:
-        raise TypeError(f"no DuckDB pixel type for dtype {name!r}")
-    return name
-
-
 def duck_pixel_type(dtype: str | np.dtype) -> str:
     """DuckDB type of one pixel of `dtype` (uint16 -> USMALLINT, int8 -> TINYINT, float32 -> FLOAT)."""
     return PIXEL_TYPES[pixel_dtype(dtype)][0]
-
-
-def promote(dtypes: Iterable[str]) -> str:
-    """The pixel dtype `load_bands` uses for a set of band dtypes (NumPy promotion; none -> float64)."""
-    names = sorted({pixel_dtype(d) for d in dtypes})
-    if not names:
-        return DEFAULT_PIXEL_DTYPE
-    out = np.result_type(*[np.dtype(n) for n in names])
-    return pixel_dtype(out) if out.name in PIXEL_TYPES else DEFAULT_PIXEL_DTYPE
 
 
 def result_type(dtype: str, *, safe: bool = False) -> str:
@@ -95,3 +73,16 @@ def arrow_to_duck(t: pa.DataType) -> str:
         inner = ", ".join(f"{_quote(t.field(i).name)} {arrow_to_duck(t.field(i).type)}" for i in range(t.num_fields))
         return f"STRUCT({inner})"
     raise TypeError(f"no DuckDB spelling for Arrow type {t}")
+
+
+__all__ = [
+    "DEFAULT_PIXEL_DTYPE",
+    "PIXEL_TYPES",
+    "SEDONA_STATS_TYPE",
+    "ZONAL_TYPE",
+    "arrow_to_duck",
+    "duck_pixel_type",
+    "pixel_dtype",
+    "promote",
+    "result_type",
+]

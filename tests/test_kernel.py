@@ -1,0 +1,250 @@
+"""The engine-neutral Arrow kernel (core/kernel.py) on its own: no DuckDB, no Spark.
+
+Oracle: rasterio (`rasterio.mask.mask(crop=True)`, `sample`) on the files behind the rasteret 0.4.1
+collection of the shared corpus, served over the local HTTP range server. For several bands, a pixel is
+valid when any band is (rasterio's dataset mask, the read path's documented rule).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import shapely
+from shapely.geometry.base import BaseGeometry
+
+import rasterduck
+from rasterduck.core import kernel as K
+from rasterduck.errors import BandNotFoundError, RasterduckError
+
+from ._paths import testdata_dir
+from .httpserver import RangeServer
+from .test_duck_helpers import aois_for, assert_result_matches, from_4326
+from .test_duck_helpers import rasterio_pixels as _rasterio_pixels
+
+RASTERET = testdata_dir() / "collections" / "rasteret-0.4.1-corpus"
+FILES = {"cog-u16": "rio-tiler/cog.tif", "cog-i16": "rio-tiler/cog_int16.tif", "web-u16-pred2": "rio-tiler/web.tif",
+         "rgb-lzw": "rasterio/rgb_lzw.tif", "f2r23-lzw": "gdal/f2r23.tif", "shade": "rasterio/shade.tif",
+         "inverted-lat": "rio-tiler/inverted_lat.tif"}
+
+
+def rasterio_pixels(path: Path, geom4326: BaseGeometry) -> dict | None:
+    """rasterio's crop for an AOI, valid where any band is valid inside the AOI."""
+    import rasterio
+    import rasterio.mask
+
+    out = _rasterio_pixels(path, geom4326)
+    if out is not None:
+        with rasterio.open(path) as src:
+            g = shapely.geometry.mapping(from_4326(geom4326, str(src.crs)))
+            masked, _ = rasterio.mask.mask(src, [g], crop=True, filled=False)
+        out["valid"] = ~np.ma.getmaskarray(masked).all(axis=0)
+    return out
+
+
+def _path(rid: str) -> Path:
+    return testdata_dir() / "geotiff" / FILES[rid]
+
+
+def _bands(rid: str) -> list[str]:
+    return ["red", "green", "blue"] if rid == "rgb-lzw" else ["b1"]
+
+
+@pytest.fixture(scope="module")
+def records(http_server: RangeServer) -> dict[str, pa.StructArray]:
+    """Each record of the corpus collection (hrefs on the test server) as a one-row StructArray."""
+    c = rasterduck.open_collection(RASTERET).rewrite_hrefs({"geotiff/": http_server.url("geotiff/")})
+    table = c.to_arrow()
+    rows = table.combine_chunks().to_struct_array().combine_chunks()
+    ids = table["id"].to_pylist()
+    return {rid: rows.slice(i, 1) for i, rid in enumerate(ids)}
+
+
+def _pairs(records: dict[str, pa.StructArray], rids: list[str]
+           ) -> tuple[pa.StructArray, list[BaseGeometry], list[str], pa.Array]:
+    """Every AOI of `aois_for` against its record: (records, AOIs, record ids, per-row band lists)."""
+    recs, geoms, ids, bands = [], [], [], []
+    for rid in rids:
+        for g in aois_for(_path(rid)):
+            recs.append(records[rid])
+            geoms.append(g)
+            ids.append(rid)
+            bands.append(_bands(rid))
+    return pa.concat_arrays(recs), geoms, ids, pa.array(bands, pa.list_(pa.string()))
+
+
+def _wkb(geoms: list[BaseGeometry]) -> pa.Array:
+    return pa.array([g.wkb for g in geoms], pa.binary())
+
+
+def _as_dicts(col: pa.Array) -> list[dict | None]:
+    return col.to_pylist()
+
+
+def test_load_bands_arrow_equals_rasterio_for_every_record(records: dict[str, pa.StructArray]) -> None:
+    rids = list(FILES)
+    recs, geoms, ids, bands = _pairs(records, rids)
+    dtypes = K.band_dtypes(pa.Table.from_struct_array(recs))
+    assert dtypes == {"uint16", "int16", "uint8", "float32"}
+    target = K.promote(dtypes)
+    assert target == "float32"  # holds uint16, int16 and uint8 exactly
+    out = K.load_bands_arrow(recs, _wkb(geoms), bands, pixel_type=target)
+    assert out.type.field("data").type == pa.list_(pa.list_(pa.float32()))
+    hits = 0
+    for row, g, rid in zip(_as_dicts(out), geoms, ids, strict=True):
+        expected = rasterio_pixels(_path(rid), g)
+        assert_result_matches(row, expected, row["dtype"] if row else "float32")
+        if expected is not None:
+            hits += 1
+            assert row is not None and row["bands"] == _bands(rid)
+            np.testing.assert_array_equal(np.array(row["data"]).reshape(expected["data"].shape), expected["data"])
+    assert hits >= 2 * len(rids)
+
+
+def test_aoi_forms_give_the_same_column(records: dict[str, pa.StructArray]) -> None:
+    rids = ["cog-u16", "rgb-lzw", "shade"]
+    recs, geoms, ids, bands = _pairs(records, rids)
+    base = K.load_bands_arrow(recs, _wkb(geoms), bands, pixel_type="float64")
+    assert base.null_count < len(base)
+    wkt = K.load_bands_arrow(recs, pa.array([g.wkt for g in geoms]), bands, pixel_type="float64")
+    srid = pa.StructArray.from_arrays([pa.array([4326] * len(geoms), pa.int32()), _wkb(geoms)], names=["srid", "wkb"])
+    as_struct = K.load_bands_arrow(recs, srid, bands, pixel_type="float64")
+    # AOIs moved into each raster's CRS beforehand, with the CRS per row (text) or as an SRID
+    crs = [str(records[r].field("crs")[0]) if records[r].field("proj:epsg")[0].as_py() is None
+           else f"EPSG:{records[r].field('proj:epsg')[0].as_py()}" for r in ids]
+    moved = [from_4326(g, c) for g, c in zip(geoms, crs, strict=True)]
+    native = K.load_bands_arrow(recs, _wkb(moved), bands, geometry_crs=pa.array(crs), pixel_type="float64")
+    epsg = pa.array([int(c.split(":")[1]) for c in crs], pa.int32())
+    native_srid = K.load_bands_arrow(recs, pa.StructArray.from_arrays([epsg, _wkb(moved)], names=["srid", "wkb"]),
+                                     bands, pixel_type="float64")
+    for other in (wkt, as_struct):
+        assert other.equals(base)
+    assert native.equals(native_srid)
+    for row, g, rid in zip(_as_dicts(native), geoms, ids, strict=True):
+        assert_result_matches(row, rasterio_pixels(_path(rid), g), row["dtype"] if row else "float64")
+
+
+def test_constant_band_list_and_crs(records: dict[str, pa.StructArray]) -> None:
+    recs, geoms, _ids, _bands_arr = _pairs(records, ["cog-u16", "cog-i16"])
+    a = K.load_bands_arrow(recs, _wkb(geoms), ["b1"], geometry_crs="EPSG:4326", pixel_type="int32")
+    b = K.load_bands_arrow(recs, _wkb(geoms), "b1", geometry_crs=4326, pixel_type="int32")
+    assert a.equals(b)
+    assert a.type.field("data").type == pa.list_(pa.list_(pa.int32()))
+
+
+def test_on_error_null_reports_per_row(records: dict[str, pa.StructArray]) -> None:
+    rec = records["cog-u16"]
+    g = aois_for(_path("cog-u16"))[0]
+    recs = pa.concat_arrays([rec, rec, rec, rec])
+    geoms = pa.array([g.wkb, g.wkb, b"\x01\x03garbage", None], pa.binary())
+    bands = pa.array([["b1"], ["nope"], ["b1"], ["b1"]], pa.list_(pa.string()))
+    out = K.load_bands_arrow(recs, geoms, bands, on_error="null", pixel_type="uint16")
+    rows = _as_dicts(out)
+    assert rows[0] is not None and rows[0]["error"] is None
+    assert_result_matches({k: v for k, v in rows[0].items() if k != "error"}, rasterio_pixels(_path("cog-u16"), g),
+                          "uint16")
+    assert rows[1] is not None and rows[1]["data"] is None and "BandNotFoundError" in rows[1]["error"]
+    assert "cog-u16" in rows[1]["error"] and "'nope'" in rows[1]["error"]
+    assert rows[2] is not None and rows[2]["data"] is None and "GeometryError" in rows[2]["error"]
+    assert rows[3] is None  # a NULL AOI is a NULL result, not an error
+    with pytest.raises(BandNotFoundError, match="nope"):
+        K.load_bands_arrow(recs, geoms, bands, on_error="raise", pixel_type="uint16")
+    with pytest.raises(ValueError, match="on_error"):
+        K.load_bands_arrow(recs, geoms, bands, on_error="skip", pixel_type="uint16")  # type: ignore[arg-type]
+
+
+def test_pixel_type_must_hold_the_band(records: dict[str, pa.StructArray]) -> None:
+    rec = records["cog-u16"]
+    g = aois_for(_path("cog-u16"))[0]
+    with pytest.raises(RasterduckError, match="uint16 does not fit"):
+        K.load_bands_arrow(rec, _wkb([g]), ["b1"], pixel_type="int16")
+    out = K.load_bands_arrow(rec, _wkb([g]), ["b1"], pixel_type="int16", on_error="null")
+    assert "does not fit" in out.field("error")[0].as_py()
+    assert K.promote(["uint16", "int8"]) == "int32" and K.promote([]) == "float64"
+    assert K.pixel_dtype("float16") == "float32" and K.pixel_dtype("bool") == "uint8"
+
+
+def test_zonal_stats_arrow_equals_numpy_on_rasterio(records: dict[str, pa.StructArray]) -> None:
+    recs, geoms, ids, _bands_arr = _pairs(records, ["cog-u16", "f2r23-lzw", "shade"])
+    out = K.zonal_stats_arrow(recs, _wkb(geoms), "b1")
+    assert out.type == K.ZONAL_STRUCT
+    for row, g, rid in zip(_as_dicts(out), geoms, ids, strict=True):
+        expected = rasterio_pixels(_path(rid), g)
+        if expected is None:
+            assert row is None
+            continue
+        import rasterio
+        import rasterio.features
+
+        with rasterio.open(_path(rid)) as src:
+            shape = expected["data"].shape[1:]
+            inside = ~rasterio.features.geometry_mask([shapely.geometry.mapping(from_4326(g, str(src.crs)))], shape,
+                                                      expected["transform"])
+        vals = expected["data"][0][expected["valid"]].astype(np.float64)
+        assert row is not None
+        assert row["count"] == int(inside.sum())
+        assert row["valid_count"] == vals.size
+        if vals.size:
+            assert row["min"] == vals.min() and row["max"] == vals.max()
+            assert row["mean"] == pytest.approx(vals.mean()) and row["std"] == pytest.approx(vals.std())
+
+
+def test_pixel_values_arrow_equals_rasterio_sample(records: dict[str, pa.StructArray]) -> None:
+    import rasterio
+
+    rid = "rgb-lzw"
+    path = _path(rid)
+    with rasterio.open(path) as src:
+        b = src.bounds
+        pts = [shapely.Point(b.left + fx * (b.right - b.left), b.bottom + fy * (b.top - b.bottom))
+               for fx, fy in ((0.1, 0.2), (0.5, 0.5), (0.93, 0.71))]
+        expected = [list(v) for v in src.sample([(p.x, p.y) for p in pts])]
+        crs = str(src.crs)
+    recs = pa.concat_arrays([records[rid]] * (len(pts) + 1))
+    far = shapely.Point(0.0, 0.0)
+    geoms = _wkb([*pts, far])
+    out = K.pixel_values_arrow(recs, geoms, ["red", "green", "blue"], geometry_crs=crs)
+    got = out.to_pylist()
+    assert got[:-1] == [[float(v) for v in e] for e in expected]
+    assert got[-1] is None
+    with pytest.raises(RasterduckError, match="expected a POINT"):
+        K.pixel_values_arrow(records[rid], _wkb([shapely.box(0, 0, 1, 1)]), ["red"])
+
+
+def test_intersects_arrow_matches_footprints(records: dict[str, pa.StructArray]) -> None:
+    recs, geoms, ids, _bands_arr = _pairs(records, ["cog-u16", "web-u16-pred2"])
+    out = K.intersects_arrow(recs, _wkb(geoms)).to_pylist()
+    for hit, g, rid in zip(out, geoms, ids, strict=True):
+        assert hit == (rasterio_pixels(_path(rid), g) is not None)
+    nulls = K.intersects_arrow(pa.concat_arrays([recs.slice(0, 1)] * 2), pa.array([geoms[0].wkb, None], pa.binary()))
+    assert nulls.to_pylist() == [True, None]
+
+
+def test_one_call_fetches_a_shared_tile_once(server: RangeServer) -> None:
+    c = rasterduck.open_collection(RASTERET).rewrite_hrefs({"geotiff/": server.url("geotiff/")})
+    table = c.to_arrow()
+    rows = table.combine_chunks().to_struct_array().combine_chunks()
+    rec = rows.slice(table["id"].to_pylist().index("cog-u16"), 1)
+    g = aois_for(_path("cog-u16"))[0]
+    kernel = K.Kernel()  # fresh caches: both runs start cold
+    server.reset_counters()
+    one = K.load_bands_arrow(rec, _wkb([g]), ["b1"], pixel_type="uint16", context=kernel)
+    single = server.requests
+    server.reset_counters()
+    many = K.load_bands_arrow(pa.concat_arrays([rec] * 25), _wkb([g] * 25), ["b1"], pixel_type="uint16",
+                              context=kernel)
+    assert single >= 1 and server.requests == single
+    assert all(many.slice(i, 1).equals(one) for i in range(25))
+
+
+def test_process_kernel_is_shared_per_settings() -> None:
+    a = K.process_kernel()
+    assert K.process_kernel() is a
+    b = K.process_kernel(allow_local=True)
+    assert b is not a and K.process_kernel(allow_local=True) is b
+    assert K.process_kernel(max_concurrent=4) is not a
+    from rasterduck.io.loop import get_default_backend
+
+    assert a.backend is get_default_backend()  # one HTTP session per process for the default settings
