@@ -106,16 +106,18 @@ class LocalBackend(CoalescingBackend):
         """Resolve the path and check it against the policy; the real path is what gets opened."""
         return str(self.policy.resolve_local(url))
 
-    async def read_upto(self, url: str, start: int, length: int) -> bytes:
-        """Up to ``length`` bytes at ``start``; shorter only where the file ends (speculative header reads)."""
-        target = self._prepare(url)
-        loop = asyncio.get_running_loop()
+    async def _open(self, url: str, target: str) -> tuple[ThreadPoolExecutor, _FdGuard]:
+        """Open ``target`` in the reader pool; the guard closes it after the last read."""
         pool = self._pool()
         try:
-            fd = await loop.run_in_executor(pool, _open_regular, target)
+            fd = await asyncio.get_running_loop().run_in_executor(pool, _open_regular, target)
         except OSError as exc:
             raise FetchError(f"cannot open local file: {exc.strerror or exc}", url=url) from exc
-        guard = _FdGuard(fd)
+        return pool, _FdGuard(fd)
+
+    async def read_upto(self, url: str, start: int, length: int) -> bytes:
+        """Up to ``length`` bytes at ``start``; shorter only where the file ends (speculative header reads)."""
+        pool, guard = await self._open(url, self._prepare(url))
         try:
             async with self.limiter:
                 data = await asyncio.wrap_future(guard.submit(pool, start, length))
@@ -128,13 +130,7 @@ class LocalBackend(CoalescingBackend):
 
     async def _read_merged(self, url: str, target: str, merged: list[MergedRange]) -> list[bytes]:
         """Open the file once, then pread every merged range concurrently under the shared limit."""
-        loop = asyncio.get_running_loop()
-        pool = self._pool()
-        try:
-            fd = await loop.run_in_executor(pool, _open_regular, target)
-        except OSError as exc:
-            raise FetchError(f"cannot open local file: {exc.strerror or exc}", url=url) from exc
-        guard = _FdGuard(fd)
+        pool, guard = await self._open(url, target)
 
         async def one(m: MergedRange) -> bytes:
             async with self.limiter:
