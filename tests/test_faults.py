@@ -83,10 +83,9 @@ def scene(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scene]:
 @pytest.fixture
 def srv(scene: Scene) -> Iterator[RangeServer]:
     """The scene's server, idle, with no faults and zeroed counters (also after the test)."""
-    scene.server.wait_idle()
-    scene.server.reset()
-    yield scene.server
-    scene.server.reset()
+    from .test_faults_helpers import idle_server
+
+    yield from idle_server(scene.server)
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -181,3 +181,11 @@ def new_fds(before: dict[str, str]) -> dict[str, str]:
     now = open_fds()
     return {fd: t for fd, t in now.items()
             if before.get(fd) != t and not t.startswith(("pipe:", "anon_inode:"))}
+
+
+def idle_server(server: Any) -> Iterator[Any]:
+    """A test server idle, without faults and with zeroed counters, before and after the test using it."""
+    server.wait_idle()
+    server.reset()
+    yield server
+    server.reset()
