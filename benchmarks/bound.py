@@ -1,6 +1,6 @@
 """Lower bounds: what any reader with cached headers must at least spend on a read scenario.
 
-    bound = latency x waves + bytes / bandwidth + decode_seconds / cores
+    bound = max(latency x waves + bytes / bandwidth, measured fetch floor) + decode_seconds / cores
 
 - Tile plan, made here independently of rasterduck (rasterio's geometry_window rule on each file's
   grid, tile tables from tifffile on the local files): the unique (file URL, tile) pairs the scenario
@@ -10,6 +10,10 @@
   GDAL's per-tile leader/trailer) are one request; waves = ceil(requests / 50), 50 being the default
   number of requests in flight of rasterduck and rasteret (their `max_concurrent`).
 - bytes: the compressed sizes of the needed tiles; bandwidth: measured (see `measure_bandwidth`).
+- measured fetch floor: the same requests received by a bare asyncio client (raw sockets, no HTTP
+  library, nothing decoded, 50 in flight) from a fresh server at the scenario's latency, best of 3: the
+  formula's bandwidth is measured with 4 long transfers and misses what 32-400 concurrent responses
+  cost this server (thread start, latency sleep, sends sharing the cores).
 - decode: every needed tile decoded once here, single-threaded, timed as the cheaper of (a) libdeflate
   inflating the whole tile (imagecodecs.deflate_decode) and (b) zlib inflating only the prefix up to the
   last needed row; plus undoing predictor 2 on the needed rows (imagecodecs.delta_decode). Physical
@@ -23,6 +27,7 @@ import http.client
 import math
 import time
 import zlib
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -104,19 +109,19 @@ def tile_plan(spec: dict[str, Any], root: Path) -> dict[str, Any]:
     by_url: dict[str, list[int]] = {}
     for url, tile in needed:
         by_url.setdefault(url, []).append(tile)
-    requests = 0
+    ranges: list[tuple[str, int, int]] = []  # (url, start, end): one request each
     nbytes = 0
     for url, tiles in by_url.items():
         info = infos[url_files[url]]
         spans = sorted((info.offsets[t], info.offsets[t] + info.counts[t]) for t in tiles)
         nbytes += sum(e - s for s, e in spans)
-        end = -1
         for s, e in spans:
-            if s - end > CONTIGUOUS_GAP:
-                requests += 1
-            end = max(end, e)
-    return {"needed": needed, "infos": infos, "url_files": url_files, "requests": requests, "bytes": nbytes,
-            "files": len(by_url)}
+            if ranges and ranges[-1][0] == url and s - ranges[-1][2] <= CONTIGUOUS_GAP:
+                ranges[-1] = (url, ranges[-1][1], max(ranges[-1][2], e))
+            else:
+                ranges.append((url, s, e))
+    return {"needed": needed, "infos": infos, "url_files": url_files, "requests": len(ranges), "bytes": nbytes,
+            "files": len(by_url), "ranges": ranges}
 
 
 def decode_seconds(plan: dict[str, Any]) -> dict[str, float]:
@@ -167,17 +172,54 @@ def _time_tile(data: bytes, tw: int, th: int, rows: int) -> tuple[float, float]:
     return min(t_full, t_prefix), t_full
 
 
-def read_bound(spec: dict[str, Any], root: Path, latency: float, bandwidth: float, cores: int) -> dict[str, Any]:
-    """The lower bound of a read scenario, with its parts."""
+def read_bound(spec: dict[str, Any], root: Path, latency: float, bandwidth: float, cores: int,
+               fetch_floor: Callable[[list[tuple[str, int, int]]], float] | None = None) -> dict[str, Any]:
+    """The lower bound of a read scenario, with its parts.
+
+    `fetch_floor(ranges)`: seconds a bare client needs to receive exactly these requests from the live
+    server at the scenario's latency (see `raw_fetch_seconds`); when given, the transfer part of the bound
+    is the larger of it and the formula's latency x waves + bytes / bandwidth."""
     plan = tile_plan(spec, root)
     dec = decode_seconds(plan)
     waves = math.ceil(plan["requests"] / CONCURRENCY) if plan["requests"] else 0
     transfer = plan["bytes"] / bandwidth
-    bound = latency * waves + transfer + dec["decode_rows_s"] / cores
-    bound_full = latency * waves + transfer + dec["decode_full_s"] / cores
+    formula = latency * waves + transfer
+    floor = fetch_floor(plan["ranges"]) if fetch_floor is not None and plan["ranges"] else None
+    fetch = max(formula, floor) if floor is not None else formula
+    bound = fetch + dec["decode_rows_s"] / cores
+    bound_full = fetch + dec["decode_full_s"] / cores
     return {"bound_s": bound, "bound_full_tile_s": bound_full, "requests": plan["requests"], "waves": waves,
             "bytes": plan["bytes"], "transfer_s": transfer, "files": plan["files"], **dec,
-            "decode_rows_per_core_s": dec["decode_rows_s"] / cores}
+            "decode_rows_per_core_s": dec["decode_rows_s"] / cores, "formula_fetch_s": formula,
+            "fetch_floor_s": floor, "formula_bound_s": formula + dec["decode_rows_s"] / cores}
+
+
+def raw_fetch_seconds(ranges: list[tuple[str, int, int]], concurrency: int = CONCURRENCY) -> float:
+    """Seconds a bare asyncio client (raw sockets, no HTTP library, nothing decoded) takes to receive the
+    given requests (url, start, end), at most `concurrency` in flight, fresh connections: what the server
+    and the loopback can deliver, the floor under any reader's fetch phase."""
+    import asyncio
+
+    async def main() -> None:
+        gate = asyncio.Semaphore(concurrency)
+
+        async def one(url: str, start: int, end: int) -> None:
+            u = urlsplit(url)
+            async with gate:
+                reader, writer = await asyncio.open_connection(u.hostname, u.port, limit=1 << 20)
+                writer.write(f"GET {u.path} HTTP/1.1\r\nHost: {u.netloc}\r\nRange: bytes={start}-{end - 1}\r\n"
+                             "Connection: close\r\n\r\n".encode())
+                head = await reader.readuntil(b"\r\n\r\n")
+                if b" 206 " not in head.split(b"\r\n", 1)[0]:
+                    raise RuntimeError(f"fetch floor: {url} answered {head[:40]!r}")
+                await reader.readexactly(end - start)
+                writer.close()
+
+        await asyncio.gather(*(one(*r) for r in ranges))
+
+    t0 = time.perf_counter()
+    asyncio.run(main())
+    return time.perf_counter() - t0
 
 
 def build_bound(records: list[dict[str, Any]], bands: list[str], root: Path, latency: float, bandwidth: float

@@ -78,12 +78,17 @@ def body() -> dict[str, str]:
     spec = run.spec
     con = rasterduck.connect()
     rasterduck.attach(con, "scenes", spec["rasterduck_collection"])
-    pairs = _pairs_table(spec)
-    con.register("pairs", pairs)
+    if spec.get("pairs_parquet"):  # the AOI pairs as a user keeps them: a Parquet file
+        con.execute("CREATE TEMP VIEW pairs AS FROM read_parquet('" + spec["pairs_parquet"].replace("'", "''") + "')")
+        n_pairs = sum(len(idx) for _s, idx in spec["pairs"])
+    else:
+        pairs = _pairs_table(spec)
+        con.register("pairs", pairs)
+        n_pairs = pairs.num_rows
     band_list = ", ".join(f"'{b}'" for b in spec["bands"])
     sql = (f"SELECT p.aoi_id, r.id AS scene_id, load_bands(r, p.geom, [{band_list}]) AS px "
            "FROM scenes r JOIN pairs p ON r.id = p.scene_id")
-    run.extra["rows"] = pairs.num_rows
+    run.extra["rows"] = n_pairs
     if spec["kind"] == "stream":
         keep = set(spec.get("check_aois", []))
         hashes: dict[str, str] = {}
@@ -102,8 +107,8 @@ def body() -> dict[str, str]:
         run.done()
         run.extra.update(rows_streamed=rows, pixels=pixels, rss_before_stream_mb=rss_base)
         return hashes
-    res = con.execute(sql)
-    table = res.to_arrow_table() if hasattr(res, "to_arrow_table") else res.fetch_arrow_table()
+    rel = con.sql(sql)  # a relation: DuckDB 2 warns that execute(...).to_arrow_table() copies the rows once more
+    table = rel.to_arrow_table() if hasattr(rel, "to_arrow_table") else rel.arrow()
     run.done()
     out: dict[str, str] = {}
     for batch in table.to_batches():

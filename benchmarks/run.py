@@ -74,7 +74,25 @@ def write_spec(name: str, spec: dict[str, Any]) -> Path:
     """Store a spec where the reader processes can load it."""
     path = CACHE / "specs" / f"{name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
+    if spec.get("pairs") and spec.get("kind") in ("read", "stream"):
+        spec = {**spec, "pairs_parquet": str(write_pairs(spec, CACHE / "specs" / f"{name}-pairs.parquet"))}
     path.write_text(json.dumps(spec))
+    return path
+
+
+def write_pairs(spec: dict[str, Any], path: Path) -> Path:
+    """The scenario's (scene, AOI) pairs as a Parquet table (scene_id, aoi_id, geom WKB): the SQL reader's
+    AOI table, as a user's would live in a file."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    scene_ids, aoi_ids, geoms = [], [], []
+    for s, idx in spec["pairs"]:
+        for i in idx:
+            scene_ids.append(spec["scenes"][s]["id"])
+            aoi_ids.append(spec["aois"][i]["id"])
+            geoms.append(bytes.fromhex(spec["aois"][i]["wkb"]))
+    pq.write_table(pa.table({"scene_id": scene_ids, "aoi_id": aoi_ids, "geom": pa.array(geoms, pa.binary())}), path)
     return path
 
 
@@ -95,6 +113,19 @@ def tile_table_reference(records: list[dict[str, Any]], bands: list[str], root: 
                     cache[p] = pixel_hash(np.array([pg.dataoffsets, pg.databytecounts], np.int64))
             out[key("tiles", r["id"], b)] = cache[p]
     return out
+
+
+def fetch_floor(ranges: list[tuple[str, int, int]], root: Path, port: int, latency: float,
+                bandwidth: float | None, repeats: int = 3) -> float:
+    """Best of `repeats` bare-client fetches of the scenario's requests, each from a fresh server."""
+    best = float("inf")
+    for _ in range(repeats):
+        srv = harness.Server(root, port, latency, bandwidth)
+        try:
+            best = min(best, bound.raw_fetch_seconds(ranges))
+        finally:
+            srv.stop()
+    return best
 
 
 def _interrupt(*_: Any) -> None:
@@ -183,7 +214,8 @@ def main(argv: list[str] | None = None) -> int:
                     break
             references[name] = reference
         if kind == "read":
-            b = bound.read_bound(spec, root, lat, bw, cores)
+            b = bound.read_bound(spec, root, lat, bw, cores,
+                                 fetch_floor=lambda ranges, lat=lat: fetch_floor(ranges, root, port, lat, args.bandwidth))
         elif kind == "build":
             b = bound.build_bound(spec["records"], spec["bands"], root, lat, bw)
         else:

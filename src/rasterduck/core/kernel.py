@@ -27,6 +27,7 @@ import shapely
 from shapely.geometry.base import BaseGeometry
 
 from ..errors import BandNotFoundError, CollectionError, GeometryError, RasterduckError
+from . import arrowbuild as ab
 from .bands import candidates
 from .geometry import to_shapely, transform_geometry, wkb_array_to_shapely
 from .metadata import CogMetadata
@@ -41,7 +42,6 @@ CrsArg: TypeAlias = str | int | Sequence[str | int | None] | pa.Array | pa.Chunk
 BandsArg: TypeAlias = str | Sequence[str] | pa.Array | pa.ChunkedArray
 AOI_CRS = "EPSG:4326"
 METADATA_SUFFIX = "_metadata"
-_INT32_MAX = 2**31 - 1
 _UNSET: Any = object()
 
 # ---- the pixel type rule ---------------------------------------------------------------------------
@@ -534,20 +534,6 @@ def stat_values(r: ReadResult, inside: np.ndarray, band: int, exclude_nodata: bo
 
 
 # ---- results ---------------------------------------------------------------------------------------
-def _offsets(sizes: np.ndarray) -> pa.Array:
-    """List offsets for the given sizes (int32, or int64 when they overflow)."""
-    off = np.zeros(len(sizes) + 1, dtype=np.int64)
-    np.cumsum(sizes, out=off[1:])
-    if off[-1] > _INT32_MAX:
-        return pa.array(off, pa.int64())
-    return pa.array(off.astype(np.int32), pa.int32())
-
-
-def _list(offsets: pa.Array, values: pa.Array, mask: pa.Array | None = None) -> pa.Array:
-    cls = pa.LargeListArray if offsets.type == pa.int64() else pa.ListArray
-    return cls.from_arrays(offsets, values, mask=mask)
-
-
 def dtype_mismatch(native: str, target: np.dtype) -> RasterduckError:
     """The error for a band whose dtype does not fit the result's pixel type."""
     return RasterduckError(f"band dtype {native} does not fit the pixel type {np.dtype(target).name} of this "
@@ -595,37 +581,30 @@ def load_bands_array(rows: Sequence[Row], target: np.dtype, *, safe: bool,
         transforms = np.empty(0, dtype=np.float64)
     names = [b for r in ok for b in r.bands]
 
-    bad = pa.array(~good)
-    data_inner = _list(_offsets(np.repeat(hw[good], nb[good])), pa.array(values))
-    data = _list(_offsets(nb), data_inner, bad)
-    valid_arr = _list(_offsets(hw), pa.array(valid, pa.bool_()), bad)
-    bands = _list(_offsets(nb), pa.array(names, pa.string()), bad)
-    transform = _list(_offsets(np.where(good, 6, 0)), pa.array(transforms, pa.float64()), bad)
-
-    def column(values_ok: list[object], typ: pa.DataType) -> pa.Array:
-        full: list[object] = [None] * n
-        for i, v in zip(np.flatnonzero(good), values_ok, strict=True):
-            full[int(i)] = v
-        return pa.array(full, typ)
-
+    bad = ~good
+    data_inner = ab.lists(np.repeat(hw[good], nb[good]), ab.numeric(values))
+    data = ab.lists(nb, data_inner, bad)
+    valid_arr = ab.lists(hw, ab.booleans(valid), bad)
+    bands = ab.lists(nb, ab.strings(names), bad)
+    transform = ab.lists(np.where(good, 6, 0), ab.numeric(transforms, pa.float64()), bad)
     children = [
         bands,
-        column([r.height for r in ok], pa.int32()),
-        column([r.width for r in ok], pa.int32()),
+        ab.scattered([r.height for r in ok], good, pa.int32()),
+        ab.scattered([r.width for r in ok], good, pa.int32()),
         transform,
-        column([r.crs for r in ok], pa.string()),
-        column([r.dtype for r in ok], pa.string()),
-        column([float(r.nodata) for r in ok], pa.float64()),
+        ab.scattered([r.crs for r in ok], good, pa.string()),
+        ab.scattered([r.dtype for r in ok], good, pa.string()),
+        ab.scattered([float(r.nodata) for r in ok], good, pa.float64()),
         data,
         valid_arr,
     ]
     names_out = ["bands", "height", "width", "transform", "crs", "dtype", "nodata", "data", "valid"]
     if safe:
-        children.append(pa.array(errors, pa.string()))
+        children.append(ab.strings(errors))
         names_out.append("error")
-        mask = pa.array(kinds == 1)
+        mask = ab.booleans(kinds == 1)
     else:
-        mask = bad
+        mask = ab.booleans(bad)
     return pa.StructArray.from_arrays(children, names=names_out, mask=mask)
 
 

@@ -173,6 +173,7 @@ class _Job:
     aoi: np.ndarray | None  # (h, w) True inside the AOI; None: no AOI mask (point or pixel window)
     masks: list[_Mask]  # per-dataset masks (internal mask or alpha) of the files the bands come from
     fill: np.generic
+    geom: BaseGeometry | None = None  # the AOI in the raster's CRS, rasterised into `aoi` by `rasterize_aois`
     data: np.ndarray = field(default_factory=lambda: np.empty((0, 0, 0)))
     missing: np.ndarray | None = None  # (h, w) True where a band's tile is sparse
     error: BaseException | None = None
@@ -226,6 +227,7 @@ class _Planner:
         self._masks: dict[tuple[Any, ...], np.ndarray] = {}
         self._formats: dict[int, TileFormat] = {}
         self._misses: dict[tuple[Any, ...], str | None] = {}
+        self._windows: dict[tuple[Any, ...], Window | None] = {}
 
     def job(self, index: int, req: ReadRequest) -> _Job | None:
         """Window, AOI mask and mask kind of one request; None when it misses the raster."""
@@ -251,12 +253,16 @@ class _Planner:
                 win = Window(col, row, 1, 1)
             else:
                 raw = False
-                found = geometry_window(geom, meta.affine, meta.image_width, meta.image_height)
+                wkey = (id(geom), meta.affine, meta.image_width, meta.image_height)
+                if wkey in self._windows:  # scenes of one grid (a time series) share the window
+                    found = self._windows[wkey]
+                else:
+                    found = self._windows[wkey] = geometry_window(geom, meta.affine, meta.image_width,
+                                                                  meta.image_height)
                 if found is None:
                     self._check_miss(req, meta)
                     return None
                 win = found
-                aoi = self._mask(geom, meta, win, req.all_touched)
         # an alpha plane stored apart is read only when the source knows where it is
         kinds = [MaskKind.ALL_VALID if k is MaskKind.ALPHA and not _chunky(s.meta) and s.alpha is None else k
                  for s in req.bands for k in [mask_kind(s.meta, s.band_index)]]
@@ -266,7 +272,12 @@ class _Planner:
             if k in (MaskKind.INTERNAL, MaskKind.ALPHA):
                 masks.setdefault(src.url, _Mask(k, src, [])).slots.append(i)
         fill = fill_scalar(np.dtype(meta.dtype), meta.fill_value())
-        return _Job(index, req, meta, win, raw, aoi, list(masks.values()), fill)
+        return _Job(index, req, meta, win, raw, aoi, list(masks.values()), fill, geom=None if raw else geom)
+
+    def rasterize(self, job: _Job) -> None:
+        """The job's AOI mask (pixel centres inside the AOI, or all touched), shared with same-grid jobs."""
+        if job.geom is not None and job.aoi is None:
+            job.aoi = self._mask(job.geom, job.meta, job.window, job.req.all_touched)
 
     def allocate(self, job: _Job) -> None:
         """Create the job's arrays and register every tile it needs (sparse tiles are filled right away)."""
@@ -562,6 +573,18 @@ def plan(requests: Sequence[ReadRequest], budget: int | None = DEFAULT_PIXEL_BUD
     return jobs, planner.tiles, planner.sparse
 
 
+def rasterize_aois(jobs: Sequence[_Job | BaseException | None]) -> None:
+    """Rasterise every job's AOI mask (CPU work the caller overlaps with fetching: masks are needed only
+    when the results are finished). A job whose mask fails keeps the error."""
+    planner = _Planner()
+    for j in jobs:
+        if isinstance(j, _Job) and j.error is None:
+            try:
+                planner.rasterize(j)
+            except Exception as exc:  # shapely / NumPy surprises on odd AOIs: that pair fails, not the batch
+                j.error = exc
+
+
 def _check_budget(jobs: Sequence[_Job | BaseException | None], budget: int | None) -> None:
     if budget is None:
         return
@@ -722,7 +745,11 @@ async def read_batch(requests: Sequence[ReadRequest], backend: Any, *, pixel_bud
     jobs, tiles, sparse = await loop.run_in_executor(decode_pool(), plan, requests, pixel_budget)
     st = stats if stats is not None else ReadStats()
     st.add(tiles=len(tiles), sparse_tiles=sparse, mask_tiles=sum(1 for t in tiles.values() if t.fmt is None))
-    await fetch_and_decode(tiles, backend, st)
+    masks = loop.run_in_executor(decode_pool(), rasterize_aois, jobs)  # while the first bytes travel
+    try:
+        await fetch_and_decode(tiles, backend, st)
+    finally:
+        await masks
     for t in tiles.values():
         if t.error is not None:
             for use in t.uses:

@@ -24,9 +24,9 @@ from .state import QueryInterrupted, State, state_of
 def interrupt(con: duckdb.DuckDBPyConnection) -> None:
     """Interrupt `con`'s running query and cancel the reads its UDF calls have in flight.
 
-    Use it instead of `con.interrupt()`, which DuckDB only acts on between UDF calls. A connection
-    rasterduck does not know (never passed to connect/register/attach) cancels every rasterduck read
-    in the process.
+    With duckdb >= 2, `con.interrupt()` on a connection passed to connect/register/attach does the
+    same; with duckdb 1.x, where DuckDB acts on `con.interrupt()` only between UDF calls, use this.
+    A connection rasterduck does not know cancels every rasterduck read in the process.
     """
     state = known_state(con)
     if state is not None:

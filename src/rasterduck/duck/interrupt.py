@@ -9,18 +9,34 @@ generation counter moves. Two counters exist:
   the current one (DuckDB checks Python signals while a query runs, so it fires promptly) -- every
   in-flight batch of the process is cancelled, then the previous handler runs (KeyboardInterrupt);
 - one counter per registration, moved by `rasterduck.duck.interrupt(con)`, which also calls
-  `con.interrupt()`: use it instead of `con.interrupt()` from another thread.
+  `con.interrupt()`, and by `con.interrupt()` itself on connections made by `rasterduck.connect()`
+  (see `cancel_on_interrupt`).
 
-A cancelled batch closes its HTTP requests and the UDF raises, so the query fails at once.
+A cancelled batch closes its HTTP requests and the UDF raises, so the query fails at once -- as
+`duckdb.InterruptException` or as an `InvalidInputException` naming QueryInterrupted, whichever DuckDB
+records first (measured: both happen).
+
+Why `con.interrupt()` needs help (measured with duckdb 1.5.5 and 2.0.1, see notes/duckdb-facts.md):
+DuckDB's interrupt only sets a flag in the connection's ClientContext; a Python UDF cannot read it
+(`query_progress()` stays put, nothing else exposes it). So the call itself is intercepted: the
+connection object's class is swapped for a Python subclass whose `interrupt()` first interrupts the
+query, then cancels the registration's batches. The swap works where DuckDB's Python classes are
+nanobind types (duckdb >= 2.0); pybind11 (duckdb 1.x) refuses `__class__` assignment ("deallocator
+differs"), and there `rasterduck.duck.interrupt(con)` or Ctrl-C remain the way.
+The counter belongs to the registration (the database), so interrupting one connection also cancels
+the batches in flight of other queries on the same database at that moment.
 """
 
 from __future__ import annotations
 
 import signal
 import threading
+import weakref
 from collections.abc import Iterable
 from types import FrameType
 from typing import Any
+
+import duckdb
 
 
 class Canceller:
@@ -82,3 +98,63 @@ def install_sigint_handler() -> bool:
 def sigint_handler_installed() -> bool:
     """Whether our handler is the current SIGINT handler."""
     return signal.getsignal(signal.SIGINT) is _on_sigint
+
+
+# ---- con.interrupt() on rasterduck's connections --------------------------------------------------
+_CANCELLERS: weakref.WeakKeyDictionary[duckdb.DuckDBPyConnection, Canceller] = weakref.WeakKeyDictionary()
+_Base: Any = duckdb.DuckDBPyConnection
+
+
+class _CancellingConnection(_Base):  # type: ignore[misc]
+    """A DuckDB connection whose `interrupt()` also cancels the rasterduck reads in flight.
+
+    Never instantiated: `cancel_on_interrupt` swaps an existing connection's class to this one, so
+    `isinstance(con, duckdb.DuckDBPyConnection)` and every method stay DuckDB's own.
+    """
+
+    __slots__ = ()
+
+    def interrupt(self) -> None:
+        """Interrupt the running query (DuckDB's flag first, so it fails as an interrupt), then cancel its reads."""
+        super().interrupt()
+        canceller = _CANCELLERS.get(self)
+        if canceller is not None:
+            canceller.cancel()
+
+    def cursor(self) -> duckdb.DuckDBPyConnection:
+        """A cursor (a new connection to the same database) whose `interrupt()` cancels reads too."""
+        cur: duckdb.DuckDBPyConnection = super().cursor()
+        canceller = _CANCELLERS.get(self)
+        if canceller is not None:
+            cancel_on_interrupt(cur, canceller)
+        return cur
+
+    duplicate = cursor
+
+
+# Keep what introspection sees equal to DuckDB's class: some libraries dispatch on the type's module
+# (polars.read_database reads `type(con).__module__`) or name.
+_CancellingConnection.__module__ = _Base.__module__
+_CancellingConnection.__name__ = _Base.__name__
+_CancellingConnection.__qualname__ = _Base.__qualname__
+
+
+def cancel_on_interrupt(con: duckdb.DuckDBPyConnection, canceller: Canceller) -> bool:
+    """Make `con.interrupt()` also cancel `canceller`'s batches; False when this DuckDB cannot (1.x).
+
+    `con` keeps its identity and type checks (its class becomes a subclass of DuckDB's); cursors taken
+    from it afterwards get the same behaviour.
+    """
+    if type(con) is not _Base and not isinstance(con, _CancellingConnection):
+        return False  # someone else's subclass: leave it alone
+    try:
+        con.__class__ = _CancellingConnection
+    except TypeError:  # pybind11 (duckdb < 2): "__class__ assignment: ... deallocator differs"
+        return False
+    _CANCELLERS[con] = canceller
+    return True
+
+
+def interrupt_cancels(con: duckdb.DuckDBPyConnection) -> bool:
+    """Whether `con.interrupt()` cancels the rasterduck reads in flight (see `cancel_on_interrupt`)."""
+    return isinstance(con, _CancellingConnection) and con in _CANCELLERS

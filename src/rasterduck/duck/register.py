@@ -39,7 +39,7 @@ from ..core.metadata import METADATA_TYPE
 from ..core.read import DEFAULT_PIXEL_BUDGET
 from ..errors import CollectionError, RasterduckError
 from . import functions as F
-from .interrupt import install_sigint_handler
+from .interrupt import cancel_on_interrupt, install_sigint_handler
 from .state import STATE_FUNCTION, AttachedCollection, LocalAccess, State, state_of
 from .types import PIXEL_TYPES, SEDONA_STATS_TYPE, ZONAL_TYPE, arrow_to_duck, pixel_dtype, result_type
 from .worker import on_python_thread
@@ -152,6 +152,7 @@ def register(
     dtype: str | None = None,
     macros: bool = True,
     handle_sigint: bool = True,
+    fresh: bool = False,
 ) -> State:
     """Register every rasterduck function and macro on `con`'s database; returns the shared state.
 
@@ -160,13 +161,16 @@ def register(
     `dtype`: pin load_bands' pixel type instead of following attached collections.
     `handle_sigint`: chain a SIGINT handler so Ctrl-C also cancels reads in flight (main thread only).
     Calling it again on the same database returns the existing state (widening allow_local).
+    `fresh`: the caller just opened `con` (nothing can be registered yet: skip the catalog lookup).
+    With duckdb >= 2, `con.interrupt()` then also cancels the reads in flight (see duck/interrupt.py).
     """
-    existing = _KNOWN.get(con) or state_of(con)
+    existing = _KNOWN.get(con) or (None if fresh else state_of(con))
     if existing is not None:
         existing.allow(allow_local)
         if pixel_budget is not _UNSET:
             existing.pixel_budget = pixel_budget
         _KNOWN[con] = existing
+        cancel_on_interrupt(con, existing.canceller)
         return existing
     state = State(con, pixel_budget=DEFAULT_PIXEL_BUDGET if pixel_budget is _UNSET else pixel_budget,
                   custom_backend=backend)
@@ -185,6 +189,7 @@ def register(
     if handle_sigint:
         install_sigint_handler()
     _KNOWN[con] = state
+    cancel_on_interrupt(con, state.canceller)  # duckdb >= 2: con.interrupt() also cancels reads in flight
     return state
 
 
@@ -200,7 +205,8 @@ def connect(
     """A DuckDB connection (in memory by default) with rasterduck registered; `config` goes to DuckDB."""
     con = duckdb.connect(str(database) if database is not None else ":memory:", read_only=read_only,
                          config=config or {})
-    register(con, allow_local=allow_local, pixel_budget=pixel_budget, backend=backend)
+    register(con, allow_local=allow_local, pixel_budget=pixel_budget, backend=backend,
+             fresh=database is None or str(database) == ":memory:")
     return con
 
 
@@ -220,6 +226,25 @@ def _band_dtypes_arrow(table: pa.Table) -> set[str]:
         if col.endswith("_metadata") and pa.types.is_struct(table.schema.field(col).type):
             vals = pc.unique(pc.struct_field(table[col], "dtype")).to_pylist()
             out |= {str(v) for v in vals if v}
+    return out
+
+
+def _band_dtypes_files(files: Sequence[Path]) -> set[str] | None:
+    """Band dtypes from the Parquet files' `{band}_metadata.dtype` leaves (a few KB read); None when a
+    file cannot be read that way (then the view is asked)."""
+    import pyarrow.parquet as pq
+
+    out: set[str] = set()
+    try:
+        for f in files:
+            pf = pq.ParquetFile(f)
+            cols = [n for n in pf.schema_arrow.names if n.endswith("_metadata")
+                    and pa.types.is_struct(pf.schema_arrow.field(n).type)
+                    and pf.schema_arrow.field(n).type.get_field_index("dtype") >= 0]
+            if cols:
+                out |= _band_dtypes_arrow(pf.read(columns=[f"{c}.dtype" for c in cols]))
+    except (OSError, pa.ArrowException):
+        return None
     return out
 
 
@@ -266,7 +291,10 @@ def _has_relative_hrefs(file: Path, folder: Path) -> bool:
 
     if "assets" not in pq.read_schema(file).names:
         return False
-    for row in pq.read_table(file, columns=["assets"])["assets"].to_pylist():
+    pf = pq.ParquetFile(file)  # not pq.read_table: that imports pandas (~0.3 s)
+    if pf.metadata.num_row_groups == 0:
+        return False
+    for row in pf.read_row_group(0, columns=["assets"])["assets"].to_pylist():
         for v in (row or {}).values():
             href = (v or {}).get("href")
             if isinstance(href, str) and href:
@@ -340,7 +368,8 @@ def attach(
             assets_type = pq.read_schema(files[0]).field("assets").type
             select = f"* REPLACE ({_resolved_assets_sql(assets_type, folder.resolve())} AS assets)"
         con.execute(f"CREATE OR REPLACE VIEW {ident} AS SELECT {select} FROM {source}").fetchall()
-        dtypes = _band_dtypes_sql(con, ident)
+        found = _band_dtypes_files(files) if len(files) <= 64 else None  # cheaper than a query over the view
+        dtypes = found if found is not None else _band_dtypes_sql(con, ident)
         meta = pq.read_schema(files[0]).metadata or {}
         data_source = meta.get(b"data_source", b"").decode()
         if data_source == "unknown":

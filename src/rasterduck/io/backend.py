@@ -2,7 +2,7 @@
 
 A backend is any object with ``async read_ranges(url, ranges) -> list[bytes]``: ``ranges`` is a sequence
 of ``(start, length)`` pairs of one file and the answer holds exactly ``length`` bytes for each, in input
-order. ``async close()`` is optional. Callers pass every range they need from one URL in a single call,
+order (any bytes-like object: the built-in backends answer parts of a coalesced request as memoryviews). ``async close()`` is optional. Callers pass every range they need from one URL in a single call,
 so a backend can coalesce them. Plug in your own transport (obstore, fsspec, URL signing) like this::
 
     class SignedBackend:
@@ -42,7 +42,7 @@ DEFAULT_MAX_CONCURRENT = 50
 class RangeBackend(Protocol):
     """Anything that can fetch byte ranges of one URL; see the module docstring."""
 
-    async def read_ranges(self, url: str, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
+    async def read_ranges(self, url: str, ranges: Sequence[tuple[int, int]]) -> Sequence[bytes | memoryview]:
         """Return exactly ``length`` bytes for each ``(start, length)``, in input order."""
         ...
 
@@ -143,7 +143,7 @@ class CoalescingBackend:
         self.limiter = limiter if limiter is not None else ConcurrencyLimiter(max_concurrent)
         self.stats = stats if stats is not None else FetchStats()
 
-    async def read_ranges(self, url: str, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
+    async def read_ranges(self, url: str, ranges: Sequence[tuple[int, int]]) -> list[bytes | memoryview]:
         """Fetch every ``(start, length)`` of ``url``; nearby ranges share one request."""
         target = self._prepare(url)
         norm = [(int(s), int(n)) for s, n in ranges]
@@ -228,7 +228,7 @@ class DefaultBackend:
         raise FetchError(f"no built-in reader for scheme {scheme!r}; pass a backend (e.g. obstore or fsspec)",
                          url=url)
 
-    async def read_ranges(self, url: str, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
+    async def read_ranges(self, url: str, ranges: Sequence[tuple[int, int]]) -> Sequence[bytes | memoryview]:
         """Fetch ranges of ``url`` through the backend its scheme selects."""
         backend, target = self.route(url)
         return await backend.read_ranges(target, ranges)

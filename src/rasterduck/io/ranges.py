@@ -74,17 +74,17 @@ def _close(ranges: Sequence[tuple[int, int]], group: list[int], g_start: int, g_
     return MergedRange(g_start, g_end - g_start, tuple((i, ranges[i][0] - g_start) for i in group))
 
 
-def split(merged: Sequence[MergedRange], buffers: Sequence[bytes], ranges: Sequence[tuple[int, int]]) -> list[bytes]:
-    """Cut each input range out of the fetched merged buffers, in input order.
-
-    A buffer that is exactly one input range is returned without a copy.
-    """
-    out: list[bytes] = [b""] * len(ranges)
+def split(merged: Sequence[MergedRange], buffers: Sequence[bytes], ranges: Sequence[tuple[int, int]]
+          ) -> list[bytes | memoryview]:
+    """Cut each input range out of the fetched merged buffers, in input order, without copying: a buffer
+    that is exactly one input range is returned as it is, a part of a larger one as a memoryview of it
+    (copying megabyte tiles on the event loop cost more than decoding some of them)."""
+    out: list[bytes | memoryview] = [b""] * len(ranges)
     for m, buf in zip(merged, buffers, strict=True):
         if len(buf) != m.length:
             raise ValueError(f"merged range at {m.start} has {len(buf)} bytes, expected {m.length}")
         view = memoryview(buf)
         for i, off in m.parts:
             n = ranges[i][1]
-            out[i] = buf if off == 0 and n == m.length else bytes(view[off:off + n])
+            out[i] = buf if off == 0 and n == m.length else view[off:off + n]
     return out
