@@ -11,7 +11,7 @@
   number of requests in flight of rasterduck and rasteret (their `max_concurrent`).
 - bytes: the compressed sizes of the needed tiles; bandwidth: measured (see `measure_bandwidth`).
 - measured fetch floor: the same requests received by a bare asyncio client (raw sockets, no HTTP
-  library, nothing decoded, 50 in flight) from a fresh server at the scenario's latency, best of 3: the
+  library, nothing decoded, 50 keep-alive connections) from a fresh server at the scenario's latency, best of 3: the
   formula's bandwidth is measured with 4 long transfers and misses what 32-400 concurrent responses
   cost this server (thread start, latency sleep, sends sharing the cores).
 - decode: every needed tile decoded once here, single-threaded, timed as the cheaper of (a) libdeflate
@@ -196,26 +196,37 @@ def read_bound(spec: dict[str, Any], root: Path, latency: float, bandwidth: floa
 
 def raw_fetch_seconds(ranges: list[tuple[str, int, int]], concurrency: int = CONCURRENCY) -> float:
     """Seconds a bare asyncio client (raw sockets, no HTTP library, nothing decoded) takes to receive the
-    given requests (url, start, end), at most `concurrency` in flight, fresh connections: what the server
-    and the loopback can deliver, the floor under any reader's fetch phase."""
+    given requests (url, start, end): `concurrency` keep-alive connections, each sending its next request
+    as soon as the previous answer is in. What the server and the loopback can deliver: the floor under
+    any reader's fetch phase."""
     import asyncio
 
     async def main() -> None:
-        gate = asyncio.Semaphore(concurrency)
+        queue: asyncio.Queue[tuple[str, int, int]] = asyncio.Queue()
+        for r in ranges:
+            queue.put_nowait(r)
 
-        async def one(url: str, start: int, end: int) -> None:
-            u = urlsplit(url)
-            async with gate:
-                reader, writer = await asyncio.open_connection(u.hostname, u.port, limit=1 << 20)
-                writer.write(f"GET {u.path} HTTP/1.1\r\nHost: {u.netloc}\r\nRange: bytes={start}-{end - 1}\r\n"
-                             "Connection: close\r\n\r\n".encode())
-                head = await reader.readuntil(b"\r\n\r\n")
-                if b" 206 " not in head.split(b"\r\n", 1)[0]:
-                    raise RuntimeError(f"fetch floor: {url} answered {head[:40]!r}")
-                await reader.readexactly(end - start)
-                writer.close()
+        async def worker() -> None:
+            conns: dict[tuple[str | None, int | None], tuple[asyncio.StreamReader, asyncio.StreamWriter]] = {}
+            try:
+                while not queue.empty():
+                    url, start, end = queue.get_nowait()
+                    u = urlsplit(url)
+                    key = (u.hostname, u.port)
+                    if key not in conns:
+                        conns[key] = await asyncio.open_connection(u.hostname, u.port, limit=1 << 20)
+                    reader, writer = conns[key]
+                    writer.write(f"GET {u.path} HTTP/1.1\r\nHost: {u.netloc}\r\n"
+                                 f"Range: bytes={start}-{end - 1}\r\n\r\n".encode())
+                    head = await reader.readuntil(b"\r\n\r\n")
+                    if b" 206 " not in head.split(b"\r\n", 1)[0]:
+                        raise RuntimeError(f"fetch floor: {url} answered {head[:40]!r}")
+                    await reader.readexactly(end - start)
+            finally:
+                for _r, w in conns.values():
+                    w.close()
 
-        await asyncio.gather(*(one(*r) for r in ranges))
+        await asyncio.gather(*(worker() for _ in range(min(concurrency, len(ranges)))))
 
     t0 = time.perf_counter()
     asyncio.run(main())

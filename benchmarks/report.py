@@ -193,7 +193,7 @@ def markdown(doc: dict[str, Any]) -> str:
     lines += ["", "## Lower bounds", "",
               "bound = max(latency x waves + bytes / bandwidth, measured fetch floor) + decode / cores (see benchmarks/bound.py). "
               "Measured fetch floor: the scenario's requests received by a bare asyncio client (raw sockets, no HTTP "
-              "library, nothing decoded, 50 in flight) from a fresh server at the same latency, best of 3; the formula alone "
+              "library, nothing decoded, 50 keep-alive connections) from a fresh server at the same latency, best of 3; the formula alone "
               "(its bandwidth measured with 4 long transfers) is shown too, with our distance to it. The tiles any reader "
               "with cached headers must fetch (planned independently with rasterio's window rule and tifffile's tile "
               "tables), requests = runs of back-to-back tiles per file, waves = ceil(requests / 50); decode timed here, "

@@ -78,18 +78,28 @@ def wkb_array_to_shapely(arr: pa.Array | pa.ChunkedArray) -> list[BaseGeometry |
         return [None if v is None else _parse_one(v) for v in arr.to_pylist()]
     if arr.type not in _WKB_TYPES:
         raise GeometryError(f"expected an array of WKB (binary), got {arr.type}")
-    values = np.array(arr.to_pylist(), dtype=object)
+    raw = arr.to_pylist()
+    # a join repeats each AOI once per record: parse each distinct WKB once and share the object, so
+    # per-geometry caches downstream (moved AOI, window, mask) hit by identity
+    first: dict[bytes, int] = {}
+    slot = [first.setdefault(v, len(first)) if v is not None else -1 for v in raw]
+    distinct = np.empty(len(first), dtype=object)
+    distinct[:] = list(first)
     try:
-        geoms = shapely.from_wkb(values, on_invalid="raise")
+        geoms = shapely.from_wkb(distinct, on_invalid="raise")
     except (GEOSException, ValueError, TypeError):
         # Find which entry is bad, for the message.
-        return [None if v is None else _from_wkb(v) for v in values]
+        return [None if v is None else _from_wkb(v) for v in raw]
+    checked: list[BaseGeometry | None] = [None] * len(geoms)
     result: list[BaseGeometry | None] = []
-    for i, g in enumerate(geoms):
-        if g is None:
+    for i, k in enumerate(slot):
+        if k < 0:
             result.append(None)
-        else:
-            result.append(_check(g, f"AOI {i}"))
+            continue
+        g = checked[k]
+        if g is None:
+            g = checked[k] = _check(geoms[k], f"AOI {i}")
+        result.append(g)
     return result
 
 

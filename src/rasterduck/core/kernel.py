@@ -132,7 +132,7 @@ class _BandColumns:
     code: str
     asset_key: str
     meta: pa.StructArray
-    hrefs: list[str | None]
+    hrefs: list[str | None]  # None where the asset or its metadata is missing
     indexes: list[int | None]
 
 
@@ -171,6 +171,7 @@ class ChunkRecords:
             sources = [str(v) for v in dict.fromkeys(arr.field("collection").to_pylist()) if v] + sources
         self.data_sources = [*sources, ""]
         self._bands: dict[str, _BandColumns | None] = {}
+        self._sources: dict[tuple[Any, ...], list[BandSource]] = {}
 
     def __len__(self) -> int:
         return len(self.arr)
@@ -199,9 +200,10 @@ class ChunkRecords:
                     asset_names = _names(asset.type)
                     hrefs = asset.field("href").to_pylist() if "href" in asset_names else [None] * len(asset)
                     idx = asset.field("band_index").to_pylist() if "band_index" in asset_names else [0] * len(asset)
-                    valid = pc.and_(asset.is_valid(), assets.is_valid()).to_pylist()
+                    meta = self.arr.field(meta_col)
+                    valid = pc.and_(pc.and_(asset.is_valid(), assets.is_valid()), meta.is_valid()).to_pylist()
                     hrefs = [h if ok else None for h, ok in zip(hrefs, valid, strict=True)]
-                    found = _BandColumns(code, key, self.arr.field(meta_col), hrefs, idx)
+                    found = _BandColumns(code, key, meta, hrefs, idx)
                     break
                 if found is not None:
                     break
@@ -213,7 +215,7 @@ class ChunkRecords:
         cols = self._columns(code)
         rid = self.ids[row]
         href = cols.hrefs[row] if cols is not None else None
-        if cols is None or href is None or not cols.meta[row].is_valid:
+        if cols is None or href is None:
             raise BandNotFoundError(f"band {code!r} not found (bands: {self.band_codes()})", record_id=rid, band=code)
         crs = self.crs[row]
         key = (rid, code, href, crs)
@@ -227,8 +229,15 @@ class ChunkRecords:
         return BandSource(code, meta, href, int(cols.indexes[row] or 0))
 
     def sources(self, row: int, codes: Sequence[str]) -> list[BandSource]:
-        """BandSources of several bands of one row (first missing band raises)."""
-        return [self.source(row, c) for c in codes]
+        """BandSources of several bands of one row (first missing band raises). A join repeats each
+        record for many AOIs: rows of the same record and hrefs share one list."""
+        cols = [self._columns(c) for c in codes]
+        key = (self.ids[row], self.crs[row], tuple(codes),
+               tuple((c.hrefs[row], c.indexes[row]) if c is not None else None for c in cols))
+        hit = self._sources.get(key)
+        if hit is None:
+            hit = self._sources[key] = [self.source(row, c) for c in codes]
+        return hit
 
     def ordered_bands(self, row: int) -> list[str]:
         """Bands present in this row in raster order (Sedona's 1-based band numbers index this list):
@@ -453,6 +462,7 @@ def read_pairs(ctx: KernelContext, recs: ChunkRecords, geoms: Sequence[Geom], ba
     out: list[Row] = [None] * n
     reqs: list[ReadRequest] = []
     where: list[int] = []
+    moved: dict[tuple[int, str, str], Any] = {}  # per call, by identity (repeated AOIs share one object)
     for i in range(n):
         g = geoms[i]
         rid = recs.ids[i]
@@ -474,7 +484,11 @@ def read_pairs(ctx: KernelContext, recs: ChunkRecords, geoms: Sequence[Geom], ba
         raster_crs = srcs[0].meta.crs
         if g_crs is not None and raster_crs is not None and g.geom_type != "Point":
             try:  # joins repeat each AOI for every record on the same grid: move it once
-                g, g_crs = ctx.geometry_in(g, g_crs, raster_crs), raster_crs
+                mkey = (id(g), g_crs, raster_crs)
+                moved_g = moved.get(mkey)
+                if moved_g is None:
+                    moved_g = moved[mkey] = ctx.geometry_in(g, g_crs, raster_crs)
+                g, g_crs = moved_g, raster_crs
             except RasterduckError as exc:
                 out[i] = exc.with_context(record_id=rid)
                 continue
