@@ -11,7 +11,8 @@
   number of requests in flight of rasterduck and rasteret (their `max_concurrent`).
 - bytes: the compressed sizes of the needed tiles; bandwidth: measured (see `measure_bandwidth`).
 - measured fetch floor: the same requests received by a bare asyncio client (raw sockets, no HTTP
-  library, nothing decoded, 50 keep-alive connections) from a fresh server at the scenario's latency, best of 3: the
+  library, bodies received into preallocated buffers, nothing decoded, 50 keep-alive connections) from
+  a fresh server at the scenario's latency, best of 3: the
   formula's bandwidth is measured with 4 long transfers and misses what 32-400 concurrent responses
   cost this server (thread start, latency sleep, sends sharing the cores).
 - decode: every needed tile decoded once here, single-threaded, timed as the cheaper of (a) libdeflate
@@ -23,8 +24,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import math
+import re
 import time
 import zlib
 from collections.abc import Callable
@@ -194,37 +197,93 @@ def read_bound(spec: dict[str, Any], root: Path, latency: float, bandwidth: floa
             "fetch_floor_s": floor, "formula_bound_s": formula + dec["decode_rows_s"] / cores}
 
 
+class _FloorConnection(asyncio.BufferedProtocol):
+    """One keep-alive connection of the fetch-floor client: an asyncio BufferedProtocol that receives each
+    body straight into a preallocated buffer (no chunk lists, no joins: the least CPU a client can spend)."""
+
+    def __init__(self) -> None:
+        self.head = bytearray()
+        self.scratch = bytearray(64 * 1024)
+        self.body: bytearray | None = None
+        self.got = 0
+        self.done: asyncio.Future[None] | None = None
+        self.transport: Any = None
+
+    # asyncio.BufferedProtocol interface
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        if self.body is not None:
+            return memoryview(self.body)[self.got:]
+        return memoryview(self.scratch)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        if self.body is not None:
+            self.got += nbytes
+        else:
+            self.head += self.scratch[:nbytes]
+            end = self.head.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            status = bytes(self.head[: self.head.find(b"\r\n")])
+            if b" 206 " not in status:
+                self._finish(RuntimeError(f"fetch floor: answered {status!r}"))
+                return
+            length = int(re.search(rb"(?i)content-length:\s*(\d+)", bytes(self.head[:end])).group(1))  # type: ignore[union-attr]
+            rest = self.head[end + 4:]
+            self.body = bytearray(length)
+            self.body[: len(rest)] = rest
+            self.got = len(rest)
+        if self.body is not None and self.got >= len(self.body):
+            self._finish(None)
+
+    def _finish(self, exc: BaseException | None) -> None:
+        if self.done is not None and not self.done.done():
+            if exc is None:
+                self.done.set_result(None)
+            else:
+                self.done.set_exception(exc)
+
+    def eof_received(self) -> bool:
+        self._finish(ConnectionError("fetch floor: server closed the connection"))
+        return False
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._finish(exc or ConnectionError("fetch floor: connection lost"))
+
+    async def get(self, path: str, host: str, start: int, end: int) -> None:
+        self.head, self.body, self.got = bytearray(), None, 0
+        self.done = asyncio.get_running_loop().create_future()
+        self.transport.write(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nRange: bytes={start}-{end - 1}\r\n\r\n".encode())
+        await self.done
+
+
 def raw_fetch_seconds(ranges: list[tuple[str, int, int]], concurrency: int = CONCURRENCY) -> float:
-    """Seconds a bare asyncio client (raw sockets, no HTTP library, nothing decoded) takes to receive the
-    given requests (url, start, end): `concurrency` keep-alive connections, each sending its next request
-    as soon as the previous answer is in. What the server and the loopback can deliver: the floor under
-    any reader's fetch phase."""
-    import asyncio
+    """Seconds a bare client takes to receive the given requests (url, start, end): `concurrency` keep-alive
+    connections, each sending its next request as soon as the previous answer is in, bodies received
+    into preallocated buffers (no HTTP library, nothing decoded). What the server and the loopback can
+    deliver: the floor under any reader's fetch phase."""
 
     async def main() -> None:
+        loop = asyncio.get_running_loop()
         queue: asyncio.Queue[tuple[str, int, int]] = asyncio.Queue()
         for r in ranges:
             queue.put_nowait(r)
 
         async def worker() -> None:
-            conns: dict[tuple[str | None, int | None], tuple[asyncio.StreamReader, asyncio.StreamWriter]] = {}
+            conns: dict[tuple[str | None, int | None], _FloorConnection] = {}
             try:
                 while not queue.empty():
                     url, start, end = queue.get_nowait()
                     u = urlsplit(url)
                     key = (u.hostname, u.port)
                     if key not in conns:
-                        conns[key] = await asyncio.open_connection(u.hostname, u.port, limit=1 << 20)
-                    reader, writer = conns[key]
-                    writer.write(f"GET {u.path} HTTP/1.1\r\nHost: {u.netloc}\r\n"
-                                 f"Range: bytes={start}-{end - 1}\r\n\r\n".encode())
-                    head = await reader.readuntil(b"\r\n\r\n")
-                    if b" 206 " not in head.split(b"\r\n", 1)[0]:
-                        raise RuntimeError(f"fetch floor: {url} answered {head[:40]!r}")
-                    await reader.readexactly(end - start)
+                        _t, conns[key] = await loop.create_connection(_FloorConnection, u.hostname, u.port)
+                    await conns[key].get(u.path, u.netloc, start, end)
             finally:
-                for _r, w in conns.values():
-                    w.close()
+                for c in conns.values():
+                    c.transport.close()
 
         await asyncio.gather(*(worker() for _ in range(min(concurrency, len(ranges)))))
 
