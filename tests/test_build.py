@@ -2,17 +2,29 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import shapely
+import shapely.geometry
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import rasterduck
 from rasterduck.build.api import BuildReport
+from rasterduck.build.sources import specs_from_stac
+from rasterduck.core.arrowbuild import array_of, infer_array
+from rasterduck.core.metadata import METADATA_TYPE
+from rasterduck.core.schema import BBOX_TYPE, ERRORS_TYPE
 from rasterduck.errors import AccessDeniedError
 
 from ._paths import REPO_ROOT, corpus_dir
@@ -150,3 +162,196 @@ def test_build_from_stac_url(make_server, tmp_path: Path) -> None:
     row = c.to_arrow().to_pylist()[0]
     assert row["assets"]["B01"]["href"] == srv.url("cog.tif")  # relative href resolved against the item URL
     assert row["B01_metadata"]["image_width"] == 2658
+
+
+# ---- pandas-free assembly, geometry fast path, header concurrency (S4 build speed) ------------------
+
+_LEAF_TYPES = [pa.int8(), pa.int16(), pa.int32(), pa.int64(), pa.uint8(), pa.uint32(), pa.uint64(), pa.float32(),
+               pa.float64(), pa.bool_(), pa.string(), pa.binary(), pa.timestamp("us"), pa.null()]
+_types = st.recursive(
+    st.sampled_from(_LEAF_TYPES),
+    lambda inner: st.one_of(
+        inner.map(pa.list_),
+        st.lists(inner, min_size=1, max_size=3).map(lambda ts: pa.struct([(f"f{i}", t) for i, t in enumerate(ts)]))),
+    max_leaves=5)
+# scalars of every kind, including the ones pa.array converts by its own rules (floats into int columns,
+# bools, huge ints, numpy scalars, surrogates, tuples for structs)
+_scalars = st.one_of(
+    st.none(), st.booleans(), st.integers(-(2**64), 2**64), st.floats(allow_nan=False), st.text(max_size=4),
+    st.binary(max_size=4), st.just(1.0), st.just(2**53 + 1), st.just("\ud800"), st.just(np.int64(3)))
+
+
+def _values_for(t: pa.DataType, depth: int = 0) -> st.SearchStrategy:
+    """Mostly well-typed values of `t`, with nulls and an occasional stray scalar of another kind."""
+    if pa.types.is_list(t):
+        good: st.SearchStrategy = st.lists(_values_for(t.value_type, depth + 1), max_size=3)
+        good = st.one_of(good, good.map(tuple))
+    elif pa.types.is_struct(t):
+        good = st.fixed_dictionaries({t.field(i).name: _values_for(t.field(i).type, depth + 1) for i in range(t.num_fields)},
+                                     optional={"extra": st.integers()})
+    elif pa.types.is_integer(t) or pa.types.is_timestamp(t):
+        good = st.integers(-(2**63), 2**64 - 1)
+    elif pa.types.is_floating(t):
+        good = st.one_of(st.floats(), st.integers(-(2**60), 2**60))
+    elif pa.types.is_boolean(t):
+        good = st.booleans()
+    elif pa.types.is_string(t):
+        good = st.text(max_size=5)
+    elif pa.types.is_binary(t):
+        good = st.binary(max_size=5)
+    else:
+        good = st.none()
+    return st.one_of(st.none(), good, good, good, _scalars)
+
+
+def _same_as_pa_array(build: Any, oracle: Any) -> None:
+    """`build()` gives what `oracle()` (pa.array) gives: an equal array of the same type, or the same error."""
+    try:
+        want = oracle()
+    except Exception as exc:
+        with pytest.raises(type(exc)):
+            build()
+        return
+    got = build()
+    got.validate(full=True)
+    assert got.type == want.type and got.null_count == want.null_count
+    # equals() says nan != nan; repr of the values tells nan == nan and -0.0 != 0.0
+    assert got.equals(want) or repr(got.to_pylist()) == repr(want.to_pylist()), (got, want)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(data=st.data(), t=_types)
+def test_array_of_equals_pa_array(data: st.DataObject, t: pa.DataType) -> None:
+    values = data.draw(st.lists(_values_for(t), max_size=6))
+    _same_as_pa_array(lambda: array_of(values, t), lambda: pa.array(values, t))
+
+
+@settings(max_examples=300, deadline=None)
+@given(values=st.lists(_scalars, max_size=6))
+def test_infer_array_equals_pa_array(values: list) -> None:
+    _same_as_pa_array(lambda: infer_array(values), lambda: pa.array(values))
+
+
+@pytest.mark.parametrize(("values", "t"), [
+    ([127, -128, None], pa.int8()), ([128], pa.int8()), ([-129], pa.int8()), ([65535, 0], pa.uint16()), ([-1], pa.uint32()),
+    ([2**64 - 1, None], pa.uint64()), ([2**64], pa.uint64()), ([2**63 - 1, -(2**63)], pa.int64()), ([2**63], pa.int64()),
+    ([1.0, 2], pa.int32()), ([1.5], pa.int32()), ([True], pa.int64()), ([np.int64(3)], pa.int32()),
+    ([1, 2.5, None], pa.float32()), ([3.4e39, -1e-50], pa.float32()), ([2**53, -(2**53)], pa.float64()),
+    ([2**53 + 1], pa.float64()), ([True, False, None, True] * 3, pa.bool_()), ([1], pa.bool_()),
+    (["é", None, ""], pa.string()), (["\ud800"], pa.string()), ([b"x", None], pa.string()), ([b"\x00", None], pa.binary()),
+    (["y"], pa.binary()), ([0, None, 2**63 - 1], pa.timestamp("us")), ([dt.datetime(2020, 1, 2)], pa.timestamp("us")),
+    ([[1, None], None, (2,), []], pa.list_(pa.int16())), ([[1], "ab"], pa.list_(pa.string())),
+    ([{"a": None}, None, {}, {"a": "x", "b": 1}], pa.struct([("a", pa.string())])), ([("x",)], pa.struct([("a", pa.string())])),
+    ([None, None], pa.null()), ([None, 1], pa.null()), ([[None], None], pa.list_(pa.null())),
+])
+def test_array_of_edge_values_equal_pa_array(values: list, t: pa.DataType) -> None:
+    _same_as_pa_array(lambda: array_of(values, t), lambda: pa.array(values, t))
+
+
+def test_array_of_on_the_build_schema() -> None:
+    """The nested types the build writes, with nulls at every level, equal pa.array's arrays."""
+    level = {"image_width": 3, "image_height": 2, "tile_width": 1, "tile_height": 1, "tile_offsets": [1, 2, 3],
+             "tile_byte_counts": [4, 5, 6]}
+    meta = {f.name: None for f in METADATA_TYPE}
+    meta |= {"image_width": 10, "dtype": "uint16", "transform": [20.0, 0.5, -20.0, 1e300], "tile_offsets": [0, 2**40],
+             "tile_byte_counts": [], "nodata": math.nan, "jpeg_tables": b"\xff\xd8", "overviews": [level, None],
+             "mask": level}
+    shuffled = dict(reversed(list(meta.items())))  # same keys, another order: the slow path
+    rows = [meta, None, shuffled, {"image_width": 1}]
+    got = array_of(rows, METADATA_TYPE)
+    got.validate(full=True)
+    assert repr(got.to_pylist()) == repr(pa.array(rows, METADATA_TYPE).to_pylist())  # repr: nan == nan
+    errors = [[{"band": "b", "href": "h", "message": "m\u00e9"}], [], None, [None]]
+    assert array_of(errors, ERRORS_TYPE).equals(pa.array(errors, ERRORS_TYPE))
+    boxes = [None, {"xmin": 1.0, "ymin": 2.0, "xmax": 3.0, "ymax": 4.0}]
+    assert array_of(boxes, BBOX_TYPE).equals(pa.array(boxes, BBOX_TYPE))
+
+
+_POLYGONS = [
+    {"type": "Polygon", "coordinates": [[[0, 0], [4, 0], [4, 4], [0, 4], [0, 0]], [[1, 1], [2, 1], [2, 2], [1, 1]]]},
+    {"type": "Polygon", "coordinates": (((0.5, 0.5, 9.0), (1.5, 0.5, 9.0), (1.5, 1.5, 9.0), (0.5, 0.5, 9.0)),)},
+    {"type": "Polygon", "coordinates": [[[0, 0], [1, 0], [1, 1]]]},  # ring not closed
+    {"type": "Polygon", "coordinates": [[[0, 0], [1, 0], [1, 1], [0, 0]], [[0.1, 0.1, 1], [0.2, 0.1, 1], [0.2, 0.2, 1], [0.1, 0.1, 1]]]},
+    {"type": "MultiPolygon", "coordinates": [[[[0, 0], [1, 0], [1, 1], [0, 0]]]]},
+    {"type": "Point", "coordinates": [3, 4]},
+]
+
+
+@pytest.mark.parametrize("geometry", _POLYGONS)
+def test_stac_footprints_as_shapely_shape_gives_them(geometry: dict) -> None:
+    items = [{"id": "a", "geometry": geometry, "properties": {}, "assets": {}}, {"id": "b", "geometry": None, "assets": {}}]
+    a, b = specs_from_stac(items)
+    assert a.geometry == shapely.to_wkb(shapely.geometry.shape(geometry))
+    assert b.geometry is None
+
+
+def test_bad_stac_footprint_fails_as_shapely_does() -> None:
+    bad = {"type": "Polygon", "coordinates": [[[0, 0], [1, 1]]]}
+    with pytest.raises(Exception) as want:
+        shapely.geometry.shape(bad)
+    with pytest.raises(type(want.value)):
+        specs_from_stac([{"id": "a", "geometry": bad, "assets": {}}])
+
+
+def test_built_table_is_what_collection_derives(server) -> None:
+    """The bbox column the build lays out equals the one Collection derives from the footprints (in the
+    same place), property columns keep pa.array's inferred types: the collection is the one it was."""
+    items = [stac_item(server, "A", {"red": "rio-tiler/cog.tif"}, epsg=32621),
+             stac_item(server, "B", {"red": "rasterio/rgb_lzw.tif"}), stac_item(server, "C", {"red": "missing.tif"})]
+    items[0]["geometry"] = {"type": "Polygon", "coordinates": [[[-60, 1], [-59, 1], [-59, 2], [-60, 1]]]}
+    items[1]["properties"] |= {"gsd": 10, "flag": True}
+    items[0]["properties"] |= {"gsd": 20.5, "flag": None}
+    raw = rasterduck.build_collection(stac=items).to_arrow()
+    assert raw.column_names[-3:] == ["bbox", "year", "month"]
+    derived = rasterduck.Collection(raw.drop_columns(["bbox", "year", "month"])).to_arrow()
+    assert derived.column_names == raw.column_names
+    assert derived.equals(raw)
+    assert raw.schema.field("gsd").type == pa.float64() and raw.schema.field("flag").type == pa.bool_()
+    assert raw["gsd"].to_pylist() == [20.5, 10.0, None]
+    for wkb, box in zip(raw["geometry"].to_pylist(), raw["bbox"].to_pylist(), strict=True):
+        if wkb is None:
+            assert box is None
+        else:
+            assert tuple(box.values()) == shapely.from_wkb(wkb).bounds
+    assert raw["bbox"].to_pylist()[0] == {"xmin": -60.0, "ymin": 1.0, "xmax": -59.0, "ymax": 2.0}
+    assert raw["datetime"].to_pylist()[0] == dt.datetime(2023, 6, 1, 10, 20, 30)
+    # a scalar STAC property named bbox: Collection replaces it in place with the covering struct
+    items[1]["properties"]["bbox"] = "x"
+    raw = rasterduck.build_collection(stac=items).to_arrow()
+    at = raw.column_names.index("bbox")
+    assert at < raw.column_names.index("build_errors") and raw.column_names[-2:] == ["year", "month"]
+    as_text = raw.set_column(at, "bbox", pa.array([None, "x", None], pa.string())).drop_columns(["year", "month"])
+    assert rasterduck.Collection(as_text).to_arrow().equals(raw)
+
+
+def test_build_does_not_import_pandas(server, tmp_path: Path) -> None:
+    """pa.array's first call imports pandas (~0.2 s, most of a small build): a build and its Parquet
+    write must not make any."""
+    code = (
+        "import sys, rasterduck\n"
+        f"items = [{{'id': 'a', 'geometry': None, 'properties': {{'datetime': '2020-01-01T00:00:00Z', 'x': 1}},"
+        f" 'assets': {{'b': {{'href': {server.url('geotiff/rio-tiler/cog.tif')!r}, 'type': 'image/tiff'}}}}}}]\n"
+        f"c = rasterduck.build_collection(stac=items)\n"
+        f"c.to_parquet({str(tmp_path / 'c.parquet')!r})\n"
+        "assert c.errors() == [], c.errors()\n"
+        "print('pandas' in sys.modules)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT,
+                          env={"PYTHONPATH": str(REPO_ROOT / "src"), "PATH": "/usr/bin:/bin"}, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "False"
+
+
+def test_header_reads_in_flight_follow_max_concurrent(make_server) -> None:
+    """Header reads are tiny: a build keeps up to `max_concurrent` (default 100) of them in flight, more
+    than the 50 of pixel reads, and never more than asked."""
+    from rasterduck.build.api import BUILD_CONCURRENCY
+
+    srv = make_server(root=corpus_dir(), latency=0.3)
+    urls = [srv.vurl(f"s{i}", "rio-tiler/cog.tif") for i in range(130)]
+    c = rasterduck.build_collection(urls)
+    assert c.errors() == [] and len(c) == 130
+    assert BUILD_CONCURRENCY == 100
+    assert 50 < srv.peak_in_flight <= BUILD_CONCURRENCY
+    srv.reset_counters()
+    c = rasterduck.build_collection([srv.vurl(f"t{i}", "rio-tiler/cog.tif") for i in range(40)], max_concurrent=7)
+    assert c.errors() == [] and 1 <= srv.peak_in_flight <= 7

@@ -6,6 +6,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from .build.api import BUILD_CONCURRENCY
+
 
 def _progress_bar(stream=sys.stderr):  # type: ignore[no-untyped-def]
     """A one-line progress bar for header fetching (only drawn on a terminal)."""
@@ -65,7 +67,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     b.add_argument("--bands", help="comma-separated band codes (hrefs: names of the samples in order; STAC: asset keys)")
     b.add_argument("--name", help="collection name")
     b.add_argument("--allow-local", action="store_true", help="allow local paths in STAC/table hrefs")
-    b.add_argument("--max-concurrent", type=int, default=64, help="header requests in flight (default 64)")
+    b.add_argument("--max-concurrent", type=int, default=BUILD_CONCURRENCY,
+                   help=f"header requests in flight (default {BUILD_CONCURRENCY})")
     b.set_defaults(func=cmd_build)
 
     try:

@@ -9,9 +9,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import shapely
+import shapely.geometry
 
 from ..errors import CollectionError
 from .records import RecordSpec
@@ -116,6 +118,7 @@ def specs_from_stac(
     """One record per STAC item; band codes are asset keys (GeoTIFF assets), renamed by `band_map`
     (code -> asset key); several codes may share an asset with distinct `band_index_map` entries."""
     out = []
+    shapes: list[Any] = []
     for item in items:
         assets_in = item.get("assets") or {}
         if band_map:
@@ -136,15 +139,29 @@ def specs_from_stac(
             crs = str(props["proj:code"])
         elif props.get("proj:epsg") is not None:
             crs = f"EPSG:{int(props['proj:epsg'])}"
-        geometry = None
-        if item.get("geometry"):
-            geometry = shapely.to_wkb(shapely.geometry.shape(item["geometry"]))
+        shapes.append(_geometry(item["geometry"]) if item.get("geometry") else None)
         keep = {k: v for k, v in props.items() if isinstance(v, str | int | float | bool) and k not in ("proj:epsg", "proj:code")}
         if item.get("collection"):
             keep["collection"] = item["collection"]
         out.append(RecordSpec(id=str(item.get("id")), datetime=parse_datetime(when), assets=assets,
-                              properties=keep, crs=crs, geometry=geometry))
+                              properties=keep, crs=crs))
+    if any(g is not None for g in shapes):  # one vectorized WKB encoding for all footprints (None stays None)
+        for spec, wkb in zip(out, shapely.to_wkb(np.asarray(shapes, dtype=object)).tolist(), strict=True):
+            spec.geometry = wkb
     return out
+
+
+def _geometry(geojson: Mapping[str, Any]) -> Any:
+    """A shapely geometry from a GeoJSON geometry; polygons (STAC footprints) straight from coordinate
+    arrays, 2-3x faster than shapely.geometry.shape, which everything else goes through."""
+    if geojson.get("type") == "Polygon":
+        try:
+            rings = [np.asarray(r, dtype=np.float64) for r in geojson["coordinates"]]
+            if rings and all(r.ndim == 2 and r.shape[1] in (2, 3) and r.shape[1] == rings[0].shape[1] for r in rings):
+                return shapely.polygons(rings[0], holes=rings[1:] or None)
+        except (TypeError, ValueError, KeyError, shapely.errors.GEOSException):
+            pass
+    return shapely.geometry.shape(geojson)
 
 
 # ---- records tables ------------------------------------------------------------------------------
@@ -160,7 +177,8 @@ def specs_from_table(
     """One record per row: `assets` struct column (band -> {href, band_index}), or `href_column` plus
     `band_index_map` (every band in the same file). Other columns are kept as they are."""
     if not isinstance(table, pa.Table):
-        table = pq.read_table(table)
+        path = Path(table)  # one file: ParquetFile, as pq.read_table builds a dataset, which imports pandas
+        table = pq.ParquetFile(path).read() if path.is_file() else pq.read_table(table)
     if id_column not in table.column_names:
         raise CollectionError(f"records table has no '{id_column}' column")
     skip = {id_column, datetime_column, "assets", "geometry", "bbox", "proj:epsg", "crs", "year", "month", "build_errors"}

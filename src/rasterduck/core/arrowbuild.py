@@ -1,13 +1,20 @@
-"""Arrow arrays built straight from NumPy buffers.
+"""Arrow arrays built without `pa.array`.
 
 `pa.array(...)` probes for pandas on every call, which imports pandas (~0.25 s) the first time in a
-process: a query's first UDF call would pay it. These builders wrap buffers instead (no probe, no copy
-for numeric data), so the result path of the UDFs never needs pandas.
+process: a query's first UDF call, or a build of 32 COGs, would pay it. Two kinds of builders here wrap
+buffers laid out with NumPy (`pa.Array.from_buffers`) instead:
+
+- from NumPy arrays (`numeric`, `booleans`, `lists`, `strings`, `scattered`): the UDF result columns,
+  numeric data not copied;
+- from plain Python values (`array_of`, `infer_array`): the build's columns. Only values whose
+  conversion is unambiguous take the fast path (`int`, `float`, `str`, `bytes`, `list`/`tuple`,
+  `dict`); anything else goes to `pa.array`, so the result and every error are the ones it gives.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -92,3 +99,167 @@ def scattered(values: Sequence[object], where: np.ndarray, typ: pa.DataType) -> 
     dense = np.zeros(n, dtype=_NUMPY[typ])
     dense[where] = np.asarray(values, dtype=dense.dtype) if len(values) else dense[where]
     return numeric(dense, typ, ~where)
+
+
+# ---- from Python values ------------------------------------------------------------------------------
+_NONE = type(None)
+_EXACT_FLOAT_INT = 2**53  # larger ints are not exactly representable as doubles (pa.array refuses them)
+
+
+class _Slow(Exception):
+    """The values need `pa.array`'s full conversion rules."""
+
+
+def array_of(values: Sequence[Any], type: pa.DataType) -> pa.Array:
+    """An Arrow array of `type` from Python values (None is null), equal to `pa.array(values, type)`."""
+    items = values if isinstance(values, list) else list(values)
+    try:
+        return _build(items, type)
+    except _Slow:
+        return pa.array(values, type)
+
+
+def infer_array(values: Sequence[Any]) -> pa.Array:
+    """An Arrow array typed like `pa.array(values)` infers it, for columns of plain scalars."""
+    items = values if isinstance(values, list) else list(values)
+    kinds = set(map(type, items)) - {_NONE}
+    guess: pa.DataType | None
+    if not kinds:
+        guess = pa.null()
+    elif kinds == {bool}:
+        guess = pa.bool_()
+    elif kinds == {int}:
+        guess = pa.int64()
+    elif kinds <= {int, float}:
+        guess = pa.float64()
+    elif kinds == {str}:
+        guess = pa.string()
+    elif kinds == {bytes}:
+        guess = pa.binary()
+    else:
+        guess = None
+    if guess is not None:
+        try:
+            return _build(items, guess)
+        except _Slow:
+            pass
+    return pa.array(values)
+
+
+def _value_validity(values: list[Any], has_nulls: bool) -> tuple[pa.Buffer | None, int]:
+    """(validity bitmap or None, null count)."""
+    if not has_nulls:
+        return None, 0
+    valid = np.fromiter((v is not None for v in values), dtype=np.bool_, count=len(values))
+    bits = np.packbits(valid, bitorder="little")
+    return pa.py_buffer(bits.tobytes()), len(values) - int(valid.sum())
+
+
+def _build(values: list[Any], t: pa.DataType) -> pa.Array:
+    n = len(values)
+    kinds = set(map(type, values))
+    has_nulls = _NONE in kinds
+    kinds.discard(_NONE)
+    if pa.types.is_null(t):
+        if kinds:
+            raise _Slow
+        return pa.nulls(n)
+    bitmap, nulls = _value_validity(values, has_nulls)
+    if pa.types.is_struct(t):
+        return _struct(values, t, kinds, has_nulls, bitmap, nulls)
+    if pa.types.is_list(t):
+        return _list(values, t, kinds, has_nulls, bitmap, nulls)
+    if pa.types.is_string(t) or pa.types.is_binary(t):
+        if kinds - ({str} if pa.types.is_string(t) else {bytes}):
+            raise _Slow
+        present = [v for v in values if v is not None] if has_nulls else values
+        try:
+            encoded: list[bytes] = [v.encode() for v in present] if str in kinds else present
+        except UnicodeEncodeError as exc:
+            raise _Slow from exc
+        parts = iter(encoded)
+        parts_all = [b"" if v is None else next(parts) for v in values] if has_nulls else encoded
+        ends = np.cumsum(np.fromiter(map(len, parts_all), dtype=np.int64, count=n))
+        if n and ends[-1] > _INT32_MAX:
+            raise _Slow
+        offsets = np.zeros(n + 1, dtype=np.int32)
+        offsets[1:] = ends
+        return _checked(pa.Array.from_buffers(t, n, [bitmap, pa.py_buffer(offsets.tobytes()), pa.py_buffer(b"".join(encoded))],
+                                              null_count=nulls))
+    data = _primitive([0 if v is None else v for v in values] if has_nulls else values, t, kinds)
+    return _checked(pa.Array.from_buffers(t, n, [bitmap, pa.py_buffer(data)], null_count=nulls))
+
+
+def _primitive(filled: list[Any], t: pa.DataType, kinds: set[type]) -> bytes:
+    """The data buffer of a fixed-width column (`filled`: nulls replaced by zero)."""
+    if pa.types.is_boolean(t):
+        if kinds - {bool}:
+            raise _Slow
+        return np.packbits(np.asarray(filled, dtype=np.bool_), bitorder="little").tobytes()
+    if pa.types.is_integer(t) or pa.types.is_timestamp(t):
+        if kinds - {int}:
+            raise _Slow
+        signed = pa.types.is_timestamp(t) or pa.types.is_signed_integer(t)
+        dtype = np.dtype(f"{'i' if signed else 'u'}{t.bit_width // 8}")
+        try:
+            arr = np.asarray(filled, dtype=np.int64 if signed else np.uint64)
+        except OverflowError as exc:
+            raise _Slow from exc
+        if arr.size and dtype.itemsize < 8:
+            info = np.iinfo(dtype)
+            if arr.min() < info.min or arr.max() > info.max:
+                raise _Slow
+        return arr.astype(dtype, copy=False).tobytes()
+    if pa.types.is_float32(t) or pa.types.is_float64(t):
+        if kinds - {int, float}:
+            raise _Slow
+        if int in kinds and any(type(v) is int and abs(v) > _EXACT_FLOAT_INT for v in filled):
+            raise _Slow
+        arr64 = np.asarray(filled, dtype=np.float64)
+        if pa.types.is_float64(t):
+            return arr64.tobytes()
+        with np.errstate(over="ignore"):  # beyond float32's range: inf, as pa.array gives
+            return arr64.astype(np.float32).tobytes()
+    raise _Slow
+
+
+def _list(values: list[Any], t: pa.ListType, kinds: set[type], has_nulls: bool, bitmap: pa.Buffer | None,
+          nulls: int) -> pa.Array:
+    if kinds - {list, tuple}:
+        raise _Slow
+    present = [v for v in values if v is not None] if has_nulls else values
+    lengths = np.zeros(len(values), dtype=np.int64)
+    if has_nulls:
+        lengths[[i for i, v in enumerate(values) if v is not None]] = np.fromiter(map(len, present), dtype=np.int64,
+                                                                                  count=len(present))
+    else:
+        lengths[:] = np.fromiter(map(len, present), dtype=np.int64, count=len(present))
+    ends = np.cumsum(lengths)
+    if values and ends[-1] > _INT32_MAX:
+        raise _Slow
+    offsets = np.zeros(len(values) + 1, dtype=np.int32)
+    offsets[1:] = ends
+    child = _build(list(chain.from_iterable(present)), t.value_type)
+    return _checked(pa.Array.from_buffers(t, len(values), [bitmap, pa.py_buffer(offsets.tobytes())], null_count=nulls,
+                                          children=[child]))
+
+
+def _struct(values: list[Any], t: pa.StructType, kinds: set[type], has_nulls: bool, bitmap: pa.Buffer | None,
+            nulls: int) -> pa.Array:
+    if kinds - {dict}:
+        raise _Slow
+    names = [t.field(i).name for i in range(t.num_fields)]
+    columns: list[list[Any]]
+    if not has_nulls and values and all(list(v) == names for v in values):  # to_dict() rows: transpose at once
+        columns = [list(c) for c in zip(*(v.values() for v in values), strict=True)]
+    else:
+        columns = [[None if v is None else v.get(name) for v in values] for name in names]
+    children = [_build(col, t.field(i).type) for i, col in enumerate(columns)]
+    return _checked(pa.Array.from_buffers(t, len(values), [bitmap], null_count=nulls, children=children))
+
+
+def _checked(arr: pa.Array) -> pa.Array:
+    arr.validate()
+    return arr
+
+
