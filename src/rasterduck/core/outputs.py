@@ -153,12 +153,15 @@ def _raise_first(results: Sequence[ReadResult | BaseException | None]) -> None:
             raise r
 
 
+_LONLAT = frozenset({"EPSG:4326", "OGC:CRS84"})
+
+
 def _lonlat_bounds(geom: BaseGeometry, crs: str | None) -> tuple[float, float, float, float] | None:
     """The AOI's bounds in lon/lat (None when it has no CRS or cannot be moved)."""
     if crs is None:
         return None
-    try:
-        moved = transform_geometry(geom, crs, "OGC:CRS84")
+    try:  # EPSG:4326 in x/y = lon/lat order (how AOIs are read) is CRS84 already: no PROJ call per AOI
+        moved = geom if crs in _LONLAT else transform_geometry(geom, crs, "OGC:CRS84")
     except (GeometryError, ValueError):
         return None
     b = moved.bounds

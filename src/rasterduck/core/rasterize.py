@@ -39,6 +39,8 @@ _INTERSECT_EPS = 1e-4
 _MIN_ROW_STEP = 1e-9
 # Above this width, spans are burned one slice at a time rather than as whole-row comparisons.
 _WIDE = 512
+# Up to this many spans (a field-sized AOI), slice assignments beat the vectorised row comparisons.
+_FEW_SPANS = 96
 _INT_MIN = float(-(2**31))
 _INT_MAX = float(2**31 - 1)
 
@@ -111,8 +113,9 @@ class _Burner:
         if not keep.any():
             return
         rows, starts, stops = rows[keep], starts[keep], stops[keep]
-        if self.width > _WIDE:
-            # Wide grids: one slice assignment per span costs less than comparing whole rows.
+        if self.width > _WIDE or len(rows) <= _FEW_SPANS:
+            # Wide grids, or a small AOI's few spans: one slice assignment per span costs less than
+            # comparing whole rows.
             flat = self.mask.reshape(-1)
             base = rows * self.width
             lo = (base + np.maximum(starts, 0)).tolist()
