@@ -57,7 +57,9 @@ class HttpOptions:
     limit_per_host: int | None = None  # None: the backend's max_concurrent
     keepalive_timeout: float = 30.0
     dns_cache_ttl: int = 300
-    read_bufsize: int = 256 * 1024
+    # the stream's flow-control limit: bodies are read whole (a tile, ~1 MB, or a coalesced range), so a
+    # low limit only pauses and resumes the socket mid-body (S1/S2: ~5-10 % slower at 256 KiB than 4 MiB)
+    read_bufsize: int = 4 * 1024 * 1024
     trust_env: bool = False  # proxies from HTTP(S)_PROXY when True
     headers: Mapping[str, str] = field(default_factory=dict)
     s3_endpoint: str | None = None  # e.g. a regional endpoint or MinIO; path-style URLs are used then
