@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import Run, SkipReader, key, main_guard, peak_rss_mb, pixel_hash
@@ -36,16 +35,6 @@ except (ImportError, AttributeError) as exc:
 import duckdb  # noqa: E402, F401
 
 run.imported()
-
-
-def _pairs_table(spec: dict[str, Any]) -> pa.Table:
-    scene_ids, aoi_ids, geoms = [], [], []
-    for s, idx in spec["pairs"]:
-        for i in idx:
-            scene_ids.append(spec["scenes"][s]["id"])
-            aoi_ids.append(spec["aois"][i]["id"])
-            geoms.append(bytes.fromhex(spec["aois"][i]["wkb"]))
-    return pa.table({"scene_id": scene_ids, "aoi_id": aoi_ids, "geom": pa.array(geoms, pa.binary())})
 
 
 def _row_hashes(batch: pa.RecordBatch, keep: set[str] | None) -> dict[str, str]:
@@ -78,13 +67,9 @@ def body() -> dict[str, str]:
     spec = run.spec
     con = rasterduck.connect()
     rasterduck.attach(con, "scenes", spec["rasterduck_collection"])
-    if spec.get("pairs_parquet"):  # the AOI pairs as a user keeps them: a Parquet file
-        con.execute("CREATE TEMP VIEW pairs AS FROM read_parquet('" + spec["pairs_parquet"].replace("'", "''") + "')")
-        n_pairs = sum(len(idx) for _s, idx in spec["pairs"])
-    else:
-        pairs = _pairs_table(spec)
-        con.register("pairs", pairs)
-        n_pairs = pairs.num_rows
+    # the AOI pairs as a user keeps them: a Parquet file (written by the harness, run.py write_pairs)
+    con.execute("CREATE TEMP VIEW pairs AS FROM read_parquet('" + spec["pairs_parquet"].replace("'", "''") + "')")
+    n_pairs = sum(len(idx) for _s, idx in spec["pairs"])
     band_list = ", ".join(f"'{b}'" for b in spec["bands"])
     sql = (f"SELECT p.aoi_id, r.id AS scene_id, load_bands(r, p.geom, [{band_list}]) AS px "
            "FROM scenes r JOIN pairs p ON r.id = p.scene_id")

@@ -7,10 +7,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
-import shapely
 
 from ..core.arrowbuild import array_of, infer_array
-from ..core.collection import record_footprint
+from ..core.collection import bbox_column, record_footprint
 from ..core.metadata import METADATA_TYPE, CogMetadata, metadata_from_header
 from ..core.schema import ASSET_TYPE, BBOX_TYPE, ERRORS_TYPE, GEOMETRY_FIELD
 from ..errors import RasterduckError
@@ -40,23 +39,6 @@ def _timestamps(values: list[dt.datetime | None]) -> pa.Array:
     epoch = dt.datetime(1970, 1, 1)
     micros = [None if v is None else (v - epoch) // dt.timedelta(microseconds=1) for v in values]
     return array_of(micros, pa.timestamp("us"))
-
-
-def _bboxes(footprints: list[bytes | None]) -> pa.Array:
-    """The `bbox` covering column of the footprints, as Collection would derive it (null when the
-    footprint is missing, empty or unreadable); built here so no `pa.array` runs on the way."""
-    boxes: list[dict[str, float] | None] = []
-    for wkb in footprints:
-        try:
-            g = shapely.from_wkb(wkb) if wkb else None
-        except shapely.errors.GEOSException:
-            g = None
-        if g is None or g.is_empty:
-            boxes.append(None)
-        else:
-            x0, y0, x1, y1 = (float(v) for v in g.bounds)
-            boxes.append({"xmin": x0, "ymin": y0, "xmax": x1, "ymax": y1})
-    return array_of(boxes, BBOX_TYPE)
 
 
 def assemble(specs: list[RecordSpec], headers: dict[str, TiffHeader | BaseException]) -> pa.Table:
@@ -136,7 +118,7 @@ def assemble(specs: list[RecordSpec], headers: dict[str, TiffHeader | BaseExcept
     for b in bands:
         arrays.append(array_of([m.to_dict() if m else None for m in metas[b]], METADATA_TYPE))
         fields.append(pa.field(f"{b}_metadata", METADATA_TYPE))
-    bbox = _bboxes(rows["geometry"])
+    bbox = bbox_column(rows["geometry"])
     for k in extra_keys:
         if k == "bbox":  # a scalar property named bbox: Collection replaces it in place with the covering
             arrays.append(bbox)

@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 import shapely
 
 from ..errors import CollectionError
+from .arrowbuild import array_of
 from .schema import BBOX_TYPE, GEOMETRY_FIELD, METADATA_SUFFIX, band_columns, validate
 
 if TYPE_CHECKING:
@@ -161,18 +162,7 @@ def normalize(t: pa.Table) -> pa.Table:
     if "id" in t.column_names and not pa.types.is_string(t.schema.field("id").type):
         t = t.set_column(t.schema.get_field_index("id"), "id", t["id"].cast(pa.string()))
     if "bbox" not in t.column_names or not pa.types.is_struct(t.schema.field("bbox").type):
-        boxes: list[dict[str, float] | None] = []
-        for wkb in t["geometry"].to_pylist():
-            try:
-                g = shapely.from_wkb(wkb) if wkb else None
-            except shapely.errors.GEOSException:
-                g = None
-            if g is None or g.is_empty:
-                boxes.append(None)
-            else:
-                x0, y0, x1, y1 = g.bounds
-                boxes.append({"xmin": x0, "ymin": y0, "xmax": x1, "ymax": y1})
-        arr = pa.array(boxes, type=BBOX_TYPE)
+        arr = bbox_column(t["geometry"].to_pylist())
         if "bbox" in t.column_names:
             t = t.set_column(t.schema.get_field_index("bbox"), "bbox", arr)
         else:
@@ -190,6 +180,23 @@ def normalize(t: pa.Table) -> pa.Table:
         if "month" not in t.column_names:
             t = t.append_column("month", pc.month(t["datetime"]).cast(pa.int32()))
     return t
+
+
+def bbox_column(footprints: Sequence[bytes | None]) -> pa.Array:
+    """The `bbox` covering column of WKB footprints (null where a footprint is missing, empty or unreadable),
+    built without `pa.array` (see arrowbuild)."""
+    boxes: list[dict[str, float] | None] = []
+    for wkb in footprints:
+        try:
+            g = shapely.from_wkb(wkb) if wkb else None
+        except shapely.errors.GEOSException:
+            g = None
+        if g is None or g.is_empty:
+            boxes.append(None)
+        else:
+            x0, y0, x1, y1 = (float(v) for v in g.bounds)
+            boxes.append({"xmin": x0, "ymin": y0, "xmax": x1, "ymax": y1})
+    return array_of(boxes, BBOX_TYPE)
 
 
 def open_collection(path: str | Path, *, name: str | None = None) -> Collection:
