@@ -197,8 +197,8 @@ def markdown(doc: dict[str, Any]) -> str:
               "(its bandwidth measured with 4 long transfers) is shown too, with our distance to it. The tiles any reader "
               "with cached headers must fetch (planned independently with rasterio's window rule and tifffile's tile "
               "tables), requests = runs of back-to-back tiles per file, waves = ceil(requests / 50); decode timed here, "
-              "single-threaded, per needed tile as the cheaper of libdeflate on the whole tile and zlib stopped at the "
-              "last needed row, plus predictor 2 on those rows. The full-tile column decodes every tile completely. "
+              "single-threaded, per needed tile as the cheapest of libdeflate on the whole tile and zlib or ISA-L stopped at "
+              "the last needed row, plus predictor 2 on those rows. The full-tile column decodes every tile completely. "
               "S4: one request per file holding its whole header, 64 in flight.", "",
               "| scenario | latency | files | tiles | rows decoded | requests | waves | MB | transfer s | latency x waves + transfer s | measured fetch floor s | decode needed rows / cores s | decode full tiles / cores s | bound s | bound (full-tile decode) s | formula-only bound s | rasterduck work s | distance | distance to formula-only |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]

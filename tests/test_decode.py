@@ -258,6 +258,31 @@ def test_partial_decode_large_tile_every_byte_codec() -> None:
             _bytes_equal(decode_tile(data, fmt, rows=k), full[:k], f"compression {comp} rows={k}")
 
 
+@pytest.mark.parametrize("inflater", ["isal", "zlib"])
+def test_deflate_paths_agree(inflater: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Deflate with ISA-L (partial reads) and without it (zlib prefixes, libdeflate whole tiles): every
+    prefix equals the full decode, a cut stream decodes short and a corrupt one raises DecodeError."""
+    import rasterduck.tiff.decode as dec
+
+    if inflater == "isal":
+        assert dec._isal_zlib is not None, "python-isal is a dependency: it must be importable"
+    else:
+        monkeypatch.setattr(dec, "_isal_zlib", None)
+    rng = np.random.default_rng(11)
+    img = np.cumsum(rng.integers(-30, 31, (256, 384)), axis=1).astype(np.uint16)
+    data = zlib.compress(imagecodecs.delta_encode(img.reshape(256, 384, 1), axis=-2).tobytes(), 6)
+    fmt = TileFormat(8, 2, "<u2", 384, 256, 1)
+    _bytes_equal(decode_tile(data, fmt)[..., 0], img, f"{inflater} full")
+    for k in (1, 37, 85, 86, 128, 200, 255, 256):
+        _bytes_equal(decode_tile(memoryview(data), fmt, rows=k)[..., 0], img[:k], f"{inflater} rows={k}")
+    with pytest.raises(DecodeError):
+        decode_tile(data[: len(data) // 3], fmt, rows=200)  # the stream ends before row 200
+    bad = bytearray(data)
+    bad[2:40] = b"\xff" * 38
+    with pytest.raises(DecodeError):
+        decode_tile(bytes(bad), fmt, rows=100)
+
+
 # ---------------------------------------------------------------- short, oversize, corrupt
 
 
