@@ -18,8 +18,9 @@ import shapely.affinity
 from affine import Affine
 from rasterio.features import geometry_mask as rio_geometry_mask
 
-from rasterduck.core.geobox import gdal_inverse
-from rasterduck.core.rasterize import geometry_mask
+import rasterduck.core.rasterize as rasterize
+from rasterduck.core.geobox import gdal_inverse, window_transform
+from rasterduck.core.rasterize import geometry_mask, geometry_masks
 from rasterduck.errors import GeometryError
 
 Transform = tuple[float, float, float, float, float, float]
@@ -295,3 +296,133 @@ def test_bad_inputs_raise_geometry_error() -> None:
         geometry_mask(shapely.Polygon([(0, 0), (np.inf, 0), (1, 1), (0, 0)]), (3, 3), IDENTITY)
     with pytest.raises(ValueError):
         geometry_mask(shapely.box(0, 0, 1, 1), (0, 3), IDENTITY)
+
+
+# ----------------------------------------------------------------------------------------------
+# geometry_masks: the batched fill must equal GDAL and geometry_mask item by item
+
+Item = tuple[shapely.Geometry, tuple[int, int], Transform]
+
+
+def assert_batch_same(items: list[Item], all_touched: bool) -> None:
+    got = geometry_masks(items, all_touched=all_touched)
+    assert len(got) == len(items)
+    for k, ((g, shape, t), mask) in enumerate(zip(items, got, strict=True)):
+        assert mask.dtype == bool and mask.shape == shape
+        expected = oracle(g, shape, t, all_touched)
+        single = geometry_mask(g, shape, t, all_touched=all_touched)
+        if not (np.array_equal(mask, expected) and np.array_equal(single, expected)):
+            diff = np.argwhere(mask != expected)[:10].tolist()
+            pytest.fail(f"item {k}: batch differs from GDAL at (row, col) {diff}; single equal to GDAL: "
+                        f"{np.array_equal(single, expected)}\n t={t} shape={shape} all_touched={all_touched}\n{g.wkt}")
+
+
+def field_item(rng: np.random.Generator) -> Item:
+    """A field-sized AOI (4-8 vertices, some concave, some with a hole) on a window of a UTM grid."""
+    grid: Transform = (10.0, 0.0, 699960.0, 0.0, -10.0, 5300040.0)
+    col_off, row_off = (int(v) for v in rng.integers(0, 10000, 2))
+    w, h = int(rng.integers(3, 40)), int(rng.integers(3, 40))
+    t = window_transform(grid, col_off, row_off)
+    n = int(rng.integers(4, 9))
+    ang = np.sort(rng.uniform(0, 2 * np.pi, n))
+    rad = rng.uniform(0.3, 0.75, n) * min(w, h) / 2 * rng.choice([1.0, 1.0, 1.6])  # 1.6: crosses the window
+    cx, cy = w / 2 + rng.uniform(-1, 1), h / 2 + rng.uniform(-1, 1)
+    mode = int(rng.integers(0, 6))
+    ring = [to_world(t, snap(rng, cx + r * math.cos(a), mode), snap(rng, cy + r * math.sin(a), mode))
+            for a, r in zip(ang, rad, strict=True)]
+    g = shapely.Polygon(ring)
+    if rng.random() < 0.2 and g.is_valid:
+        g = shapely.Polygon(ring, [shapely.affinity.scale(g, 0.3, 0.3).exterior.coords])
+    return g, (h, w), t
+
+
+def special_items(rng: np.random.Generator) -> list[Item]:
+    """Hand-made ties and odd inputs that must survive being batched with other items."""
+    items: list[Item] = []
+    for t in (IDENTITY, NORTH_UP, (0.5, 0.0, 0.25, 0.0, -0.5, 5.75)):
+        outer = [(0.5, 0.5), (9.5, 0.5), (9.5, 9.5), (0.5, 9.5), (0.5, 0.5)]  # edges on centre rows/cols
+        hole = [(3.5, 3.5), (3.5, 6.5), (6.5, 6.5), (6.5, 3.5), (3.5, 3.5)]
+        items.append((shapely.Polygon([to_world(t, *p) for p in outer], [[to_world(t, *p) for p in hole]]),
+                      (11, 11), t))
+        items.append((shapely.Polygon([to_world(t, *p) for p in outer[::-1]]), (11, 11), t))
+    items += [
+        (shapely.box(1.0, 1.0, 3.0, 3.0), (5, 5), IDENTITY),  # aligned to the grid
+        (shapely.MultiPolygon([shapely.box(0.2, 0.2, 6.3, 6.3), shapely.box(2.1, 2.1, 8.7, 8.7)]), (10, 10), IDENTITY),
+        (shapely.Polygon(), (3, 3), IDENTITY),
+        (shapely.MultiPolygon(), (2, 4), NORTH_UP),
+        (shapely.MultiPolygon([shapely.box(0, 0, 1, 1), shapely.Polygon()]), (3, 2), IDENTITY),
+        (shapely.box(-1e7, -1e7, 1e7, 1e7), (7, 9), NORTH_UP),
+        (shapely.box(100.0, 100.0, 101.0, 101.0), (4, 4), IDENTITY),
+        (shapely.Polygon([(0.6, 0.0), (0.9, 0.0), (0.9, 5.0), (0.6, 5.0)]), (5, 5), IDENTITY),  # sliver
+        (shapely.box(0.3, 0.3, 2.6, 1.7), (1, 1), IDENTITY),
+        # not batched: a point, a line, a collection and a window too large for the batched fill
+        (shapely.Point(1.5, 2.5), (4, 4), IDENTITY),
+        (shapely.LineString([(0.2, 0.3), (3.7, 2.9)]), (4, 4), IDENTITY),
+        (shapely.GeometryCollection([shapely.Point(0.5, 0.5), shapely.box(1.2, 1.2, 3.3, 2.8)]), (4, 4), IDENTITY),
+        (shapely.box(3.3, 2.1, 290.7, 301.2), (310, 300), IDENTITY),
+    ]
+    order = rng.permutation(len(items))
+    return [items[i] for i in order]
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("all_touched", [False, True])
+def test_batch_of_mixed_polygons_matches_gdal(seed: int, all_touched: bool) -> None:
+    rng = np.random.default_rng(4000 + seed)
+    items: list[Item] = []
+    for _ in range(150):
+        r = rng.random()
+        if r < 0.4:
+            items.append(random_case(rng, rotated=False))
+        elif r < 0.55:
+            items.append(random_case(rng, rotated=True))
+        else:
+            items.append(field_item(rng))
+    items += special_items(rng)
+    order = rng.permutation(len(items))
+    assert_batch_same([items[i] for i in order], all_touched)
+
+
+@pytest.mark.parametrize("all_touched", [False, True])
+def test_batch_split_into_many_chunks(monkeypatch: pytest.MonkeyPatch, all_touched: bool) -> None:
+    """Chunks of the flat buffer end in the middle of the batch: every chunk must be filled on its own."""
+    monkeypatch.setattr(rasterize, "_CHUNK_PIXELS", 700)
+    rng = np.random.default_rng(11)
+    assert_batch_same([field_item(rng) for _ in range(60)] + special_items(rng), all_touched)
+
+
+def test_batch_of_polygons_never_goes_through_geometry_mask(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The comparisons above must test the batched fill, not a per-item fallback."""
+    rng = np.random.default_rng(12)
+    items = [field_item(rng) for _ in range(50)] + [random_case(rng, rotated=True) for _ in range(50)]
+    expected = [oracle(g, s, t, False) for g, s, t in items]
+
+    def refuse(*args: object, **kwargs: object) -> np.ndarray:
+        raise AssertionError("geometry_mask called for a batchable item")
+
+    monkeypatch.setattr(rasterize, "geometry_mask", refuse)
+    got = geometry_masks(items)
+    assert all(np.array_equal(a, b) for a, b in zip(got, expected, strict=True))
+
+
+def test_batch_edge_cases() -> None:
+    assert geometry_masks([]) == []
+    g, shape, t = shapely.box(0.3, 0.3, 2.6, 1.7), (6, 6), (0.5, 0.0, 0.1, 0.0, -0.5, 3.0)
+    for all_touched in (False, True):
+        assert_batch_same([(g, shape, t)], all_touched)
+    # an affine.Affine transform, a list shape; each mask is its own writeable array
+    masks = geometry_masks([(g, [6, 6], Affine(*t)), (g, (6, 6), t)])  # type: ignore[list-item]
+    assert np.array_equal(masks[0], oracle(g, (6, 6), t, False))
+    assert masks[0].flags.writeable and not np.shares_memory(masks[0], masks[1])
+
+
+def test_batch_errors_are_those_of_geometry_mask() -> None:
+    good = (shapely.box(0, 0, 1, 1), (3, 3), IDENTITY)
+    with pytest.raises(GeometryError):
+        geometry_masks([good, (shapely.Polygon([(0, 0), (np.inf, 0), (1, 1), (0, 0)]), (3, 3), IDENTITY)])
+    with pytest.raises(GeometryError):
+        geometry_masks([good, (shapely.box(0, 0, 1, 1), (3, 3), (0.0, 0.0, 0.0, 0.0, 0.0, 0.0))])
+    with pytest.raises(GeometryError):
+        geometry_masks([good, ("POLYGON((0 0, 1 0, 1 1, 0 0))", (3, 3), IDENTITY)])  # type: ignore[list-item]
+    with pytest.raises(ValueError):
+        geometry_masks([good, (shapely.box(0, 0, 1, 1), (0, 3), IDENTITY)])

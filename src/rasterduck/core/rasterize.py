@@ -13,6 +13,9 @@ GeometryCollection on its own (the union of the parts), after it has
 The fill is vectorised over (edge, row) pairs. The ALL_TOUCHED walk is vectorised over the grid lines
 each edge crosses; edges passing within rounding distance of a cell corner are walked step by step
 with GDAL's own arithmetic, since only that arithmetic decides which cells they burn.
+`geometry_masks` does the same for many (geometry, window) items at once: the polygon fill of all
+items runs through one set of array operations and burns one flat buffer, which removes the
+per-call overhead that dominates field-sized AOIs; other items go through `geometry_mask`.
 Points and lines follow GDAL too: a point burns the cell under it, a line is drawn with Bresenham's
 algorithm (or the cell walk with `all_touched`).
 """
@@ -20,7 +23,8 @@ algorithm (or the cell walk with `all_touched`).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from typing import cast
 
 import numpy as np
 import shapely
@@ -41,6 +45,10 @@ _MIN_ROW_STEP = 1e-9
 _WIDE = 512
 # Up to this many spans (a field-sized AOI), slice assignments beat the vectorised row comparisons.
 _FEW_SPANS = 96
+# Windows up to this many pixels join the batched fill of `geometry_masks`; larger ones go alone.
+_BATCH_MAX_PIXELS = 1 << 16
+# Pixels of one batched fill's flat buffer (its marks take eight bytes a pixel).
+_CHUNK_PIXELS = 1 << 20
 _INT_MIN = float(-(2**31))
 _INT_MAX = float(2**31 - 1)
 
@@ -81,6 +89,156 @@ def geometry_mask(
     return burner.result()
 
 
+def geometry_masks(
+    items: Iterable[tuple[BaseGeometry, tuple[int, int], Iterable[float]]],
+    all_touched: bool = False,
+) -> list[np.ndarray]:
+    """`geometry_mask` of every (geom, out_shape, transform) item, computed together to save per-call cost.
+
+    Polygons and MultiPolygons on small windows are filled in one set of array operations over all
+    items; anything else goes through `geometry_mask` on its own. Errors are those of `geometry_mask`
+    (which failing item raises first, when several would, is not specified).
+    """
+    items = list(items)
+    out: list[np.ndarray | None] = [None] * len(items)
+    chunk: list[tuple[int, BaseGeometry, int, int, Affine6]] = []
+    pixels = 0
+    for i, (geom, out_shape, transform) in enumerate(items):
+        fast = _batchable(geom, out_shape, transform)
+        if fast is None:
+            out[i] = geometry_mask(geom, out_shape, transform, all_touched)
+            continue
+        h, w, inv = fast
+        if pixels + h * w > _CHUNK_PIXELS:
+            _fill_chunk(chunk, all_touched, out, items)
+            chunk, pixels = [], 0
+        chunk.append((i, geom, h, w, inv))
+        pixels += h * w
+    if chunk:
+        _fill_chunk(chunk, all_touched, out, items)
+    return cast(list[np.ndarray], out)
+
+
+def _batchable(geom: object, out_shape: object, transform: object) -> tuple[int, int, Affine6] | None:
+    """(height, width, GDAL inverse) when the item can join the batched fill, else None."""
+    if not isinstance(geom, (shapely.Polygon, shapely.MultiPolygon)):
+        return None
+    try:
+        height, width = (int(v) for v in out_shape)  # type: ignore[attr-defined]
+        inv = gdal_inverse(as_affine6(transform))  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    if height <= 0 or width <= 0 or height * width > _BATCH_MAX_PIXELS:
+        return None
+    return height, width, inv
+
+
+def _fill_chunk(
+    chunk: list[tuple[int, BaseGeometry, int, int, Affine6]],
+    all_touched: bool,
+    out: list[np.ndarray | None],
+    items: list[tuple[BaseGeometry, tuple[int, int], Iterable[float]]],
+) -> None:
+    """Masks of a chunk of batchable items into `out`: all items' spans burned into one flat buffer."""
+    n = len(chunk)
+    if n < 2:  # a batch of one costs more than the plain call
+        return _one_by_one(chunk, all_touched, out, items)
+    geoms = np.empty(n, dtype=object)
+    geoms[:] = [c[1] for c in chunk]
+    hs = np.array([c[2] for c in chunk], dtype=np.int64)
+    ws = np.array([c[3] for c in chunk], dtype=np.int64)
+    invs = np.array([c[4] for c in chunk], dtype=np.float64).reshape(n, 6)
+    polys, item_of_poly = shapely.get_parts(geoms, return_index=True)
+    # Row ids of each polygon's scanlines, back to back: crossings pair up per polygon and row.
+    poly_h = hs[item_of_poly]
+    row_base = np.zeros(len(polys) + 1, dtype=np.int64)
+    np.cumsum(poly_h, out=row_base[1:])
+    if not len(polys) or row_base[-1] >= 2**31:  # nothing to fill, or more rows than the sort key holds
+        return _one_by_one(chunk, all_touched, out, items)
+    coords, ring_off, poly_of_ring = _polygon_rings(polys)
+    item_of_ring = item_of_poly[poly_of_ring]
+    item_of_vertex = np.repeat(item_of_ring, np.diff(ring_off))
+    per_vertex = invs[item_of_vertex]
+    try:
+        wx, wy, px, py = _pixel_coords(coords, tuple(per_vertex.T))
+    except GeometryError:  # some item is not finite: let geometry_mask say which
+        return _one_by_one(chunk, all_touched, out, items)
+    x1, y1, x2, y2, edge_ring = _ring_edges(px, py, ring_off)
+    edge_poly = poly_of_ring[edge_ring]
+    edge_item = item_of_poly[edge_poly]
+    group, left, right = _fill_spans(x1, y1, x2, y2, row_base[edge_poly], poly_h[edge_poly])
+    span_poly = np.searchsorted(row_base, group, side="right") - 1
+    span_item = item_of_poly[span_poly]
+    span_row = group - row_base[span_poly]
+    flat = y1 == y2
+    if flat.any():
+        e_item = edge_item[flat]
+        found = _horizontal_spans(wx, wy, ring_off, x1[flat], x2[flat], y1[flat], edge_ring[flat],
+                                  hs[e_item], ws[e_item])
+        if found is not None:
+            span_item = np.concatenate([span_item, e_item[found[0]]])
+            span_row = np.concatenate([span_row, found[1]])
+            left = np.concatenate([left, found[2]])
+            right = np.concatenate([right, found[3]])
+    # Every item's mask back to back in one flat buffer.
+    sizes = hs * ws
+    pix_off = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(sizes, out=pix_off[1:])
+    total = int(pix_off[-1])
+    span_w = ws[span_item]
+    start = np.clip(left, 0, span_w)
+    stop = np.clip(right, 0, span_w)
+    keep = start < stop
+    row_at = pix_off[span_item[keep]] + span_row[keep] * span_w[keep]
+    buf = _burn_runs(row_at + start[keep], row_at + stop[keep], total)
+    offs = pix_off.tolist()
+    edge_off = np.searchsorted(edge_item, np.arange(n + 1)).tolist() if all_touched else []
+    for k, (i, _, h, w, _) in enumerate(chunk):
+        mask = buf[offs[k] : offs[k + 1]].reshape(h, w).copy()
+        if all_touched:
+            burner = _Burner(h, w, mask)
+            e0, e1 = edge_off[k], edge_off[k + 1]
+            _walk(burner, x1[e0:e1], y1[e0:e1], x2[e0:e1], y2[e0:e1], intersect_only=True)
+            burner.result()
+        out[i] = mask
+
+
+def _one_by_one(
+    chunk: list[tuple[int, BaseGeometry, int, int, Affine6]],
+    all_touched: bool,
+    out: list[np.ndarray | None],
+    items: list[tuple[BaseGeometry, tuple[int, int], Iterable[float]]],
+) -> None:
+    """The chunk's masks from `geometry_mask`, one call per item (the batched fill's way out)."""
+    for i, *_ in chunk:
+        geom, out_shape, transform = items[i]
+        out[i] = geometry_mask(geom, out_shape, transform, all_touched)
+
+
+def _burn_runs(starts: np.ndarray, stops: np.ndarray, total: int) -> np.ndarray:
+    """Flat boolean buffer of `total` cells, True on the union of the runs [start, stop) (non-empty runs).
+
+    Overlapping runs (parts of a MultiPolygon) are merged first; the buffer is then one `np.repeat` of
+    alternating False/True over the gap and run lengths.
+    """
+    order = np.argsort(starts, kind="stable")  # spans mostly arrive sorted already
+    a, b = starts[order], stops[order]
+    reach = np.maximum.accumulate(b)
+    new = np.ones(len(a), dtype=bool)
+    new[1:] = a[1:] > reach[:-1]
+    last = np.ones(len(a), dtype=bool)
+    last[:-1] = new[1:]
+    m = int(new.sum())
+    bounds = np.empty(2 * m + 2, dtype=np.int64)
+    bounds[0] = 0
+    bounds[1:-1:2] = a[new]
+    bounds[2:-1:2] = reach[last]
+    bounds[-1] = total
+    values = np.zeros(2 * m + 1, dtype=bool)
+    values[1::2] = True
+    return np.repeat(values, np.diff(bounds))
+
+
 def _flatten(geom: BaseGeometry) -> list[BaseGeometry]:
     """Non-empty simple parts in order: GDAL burns each part of a collection on its own."""
     if geom.is_empty:
@@ -99,10 +257,10 @@ def _flatten(geom: BaseGeometry) -> list[BaseGeometry]:
 class _Burner:
     """The mask being burned, plus the single cells that line walks and points add to it."""
 
-    def __init__(self, height: int, width: int) -> None:
+    def __init__(self, height: int, width: int, mask: np.ndarray | None = None) -> None:
         self.height = height
         self.width = width
-        self.mask = np.zeros((height, width), dtype=bool)
+        self.mask = np.zeros((height, width), dtype=bool) if mask is None else mask
         self.cells: list[tuple[int, int]] = []
         self.cell_rows: list[np.ndarray] = []
         self.cell_cols: list[np.ndarray] = []
@@ -214,7 +372,7 @@ def _ceil_row(v: np.ndarray) -> np.ndarray:
     return np.where(r + 0.5 < v, r + 1.0, r)
 
 
-def _polygon_rings(polygons: list[BaseGeometry]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _polygon_rings(polygons: Sequence[BaseGeometry] | np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """World coordinates of every ring, the ring offsets into them and the polygon of each ring."""
     if len(polygons) == 1 and not polygons[0].interiors:
         coords = shapely.get_coordinates(polygons[0])
@@ -226,67 +384,87 @@ def _polygon_rings(polygons: list[BaseGeometry]) -> tuple[np.ndarray, np.ndarray
     return shapely.get_coordinates(rings), offsets, poly_of_ring.astype(np.int64)
 
 
-def _burn_polygons(burner: _Burner, polygons: list[BaseGeometry], inv: Affine6, all_touched: bool) -> None:
-    """Scanline-fill each polygon (GDALdllImageFilledPolygon), plus the ALL_TOUCHED edge walk."""
-    coords, ring_off, poly_of_ring = _polygon_rings(polygons)
+def _pixel_coords(coords: np.ndarray, inv: Affine6 | tuple[np.ndarray, ...]) -> tuple[np.ndarray, ...]:
+    """World (wx, wy) and pixel (px, py) coordinates of the vertices; `inv` may hold one value per vertex."""
     if not np.isfinite(coords).all():
         raise GeometryError("the AOI has non-finite coordinates")
     wx = np.ascontiguousarray(coords[:, 0], dtype=np.float64)
     wy = np.ascontiguousarray(coords[:, 1], dtype=np.float64)
-    px, py = apply_gdal(inv, wx, wy)
+    px, py = apply_gdal(cast(Affine6, inv), wx, wy)
     if not (np.isfinite(px).all() and np.isfinite(py).all()):
         raise GeometryError("the AOI has coordinates that do not map to finite pixel positions")
-    n_rings = len(ring_off) - 1
-    h, w = burner.height, burner.width
-    # Edges i -> i+1 inside each ring (rings are closed, so the closing edge is among them).
-    if n_rings == 1:
-        x1, y1, x2, y2 = px[:-1], py[:-1], px[1:], py[1:]
-        edge_ring = np.zeros(len(x1), dtype=np.int64)
-    else:
-        ring_of_vertex = np.repeat(np.arange(n_rings), np.diff(ring_off))
-        first = np.flatnonzero(ring_of_vertex[:-1] == ring_of_vertex[1:])
-        x1, y1, x2, y2 = px[first], py[first], px[first + 1], py[first + 1]
-        edge_ring = ring_of_vertex[first]
+    return wx, wy, px, py
 
+
+def _ring_edges(px: np.ndarray, py: np.ndarray, ring_off: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Edges i -> i+1 inside each ring (rings are closed, so the closing edge is among them), with their ring."""
+    n_rings = len(ring_off) - 1
+    if n_rings == 1:
+        return px[:-1], py[:-1], px[1:], py[1:], np.zeros(max(len(px) - 1, 0), dtype=np.int64)
+    ring_of_vertex = np.repeat(np.arange(n_rings), np.diff(ring_off))
+    first = np.flatnonzero(ring_of_vertex[:-1] == ring_of_vertex[1:])
+    return px[first], py[first], px[first + 1], py[first + 1], ring_of_vertex[first]
+
+
+def _fill_spans(
+    x1: np.ndarray,
+    y1: np.ndarray,
+    x2: np.ndarray,
+    y2: np.ndarray,
+    base: np.ndarray | None,
+    height: int | np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """GDAL's scanline fill (GDALdllImageFilledPolygon) as spans: (base + row, first col, stop col).
+
+    `base` (per edge, or None for 0) separates the polygons burned on their own: crossings are paired
+    per (base + row), so each polygon's rows need their own range of ids. `height` is the grid height,
+    one value or one per edge. Spans are not yet clipped to the grid's columns.
+    """
     sloped = y1 != y2
     up = y1 < y2
     ya = np.where(up, y1, y2)[sloped]
     yb = np.where(up, y2, y1)[sloped]
     xa = np.where(up, x1, x2)[sloped]
     xb = np.where(up, x2, x1)[sloped]
+    h = float(height) if isinstance(height, int) else height[sloped].astype(np.float64)
     # Scanlines r crossed by an edge: ya <= r + 0.5 < yb, limited to the grid.
-    lo = np.clip(_ceil_row(ya), 0.0, float(h)).astype(np.int64)
-    hi = np.clip(_ceil_row(yb), 0.0, float(h)).astype(np.int64)
-    count = np.maximum(hi - lo, 0)
-    total = int(count.sum())
-    if total:
-        idx = np.repeat(np.arange(len(count)), count)
-        rows = lo[idx] + (np.arange(total) - (np.cumsum(count) - count)[idx])
-        ya_i, xa_i = ya[idx], xa[idx]
-        # GDAL's expression, operation for operation: (dy - y1) * (x2 - x1) / (y2 - y1) + x1.
-        cross = (rows + 0.5 - ya_i) * (xb[idx] - xa_i) / (yb[idx] - ya_i) + xa_i
-        xi = np.floor(np.clip(cross + 0.5, _INT_MIN, _INT_MAX)).astype(np.int64)
-        # Sort crossings by (polygon, row, x) with one int64 key; pair them up per scanline.
-        group = rows
-        if len(polygons) > 1:
-            group = poly_of_ring[edge_ring[sloped][idx]] * h + rows
-        key = np.sort((group << 32) | (xi + 2**31))
-        xs = (key & 0xFFFFFFFF) - 2**31
-        left, right = xs[0::2], xs[1::2]
-        prow = (key[0::2] >> 32) % h
-        ok = (left <= w - 1) & (right > 0)
-        burner.spans(prow[ok], left[ok], right[ok])
+    lo = np.clip(_ceil_row(ya), 0.0, h).astype(np.int64)
+    hi = np.clip(_ceil_row(yb), 0.0, h).astype(np.int64)
+    idx, rows = _runs(lo, hi - 1)
+    if not len(rows):
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty, empty
+    ya_i, xa_i = ya[idx], xa[idx]
+    # GDAL's expression, operation for operation: (dy - y1) * (x2 - x1) / (y2 - y1) + x1.
+    cross = (rows + 0.5 - ya_i) * (xb[idx] - xa_i) / (yb[idx] - ya_i) + xa_i
+    xi = np.floor(np.clip(cross + 0.5, _INT_MIN, _INT_MAX)).astype(np.int64)
+    # Sort crossings by (polygon, row, x) with one int64 key; pair them up per scanline.
+    group = rows if base is None else base[sloped][idx] + rows
+    key = np.sort((group << 32) | (xi + 2**31))
+    xs = (key & 0xFFFFFFFF) - 2**31
+    return key[0::2] >> 32, xs[0::2], xs[1::2]
 
-    flat = ~sloped
+
+def _burn_polygons(burner: _Burner, polygons: list[BaseGeometry], inv: Affine6, all_touched: bool) -> None:
+    """Scanline-fill each polygon (GDALdllImageFilledPolygon), plus the ALL_TOUCHED edge walk."""
+    coords, ring_off, poly_of_ring = _polygon_rings(polygons)
+    wx, wy, px, py = _pixel_coords(coords, inv)
+    h, w = burner.height, burner.width
+    x1, y1, x2, y2, edge_ring = _ring_edges(px, py, ring_off)
+    base = poly_of_ring[edge_ring] * h if len(polygons) > 1 else None
+    group, left, right = _fill_spans(x1, y1, x2, y2, base, h)
+    if len(group):
+        burner.spans(group % h, left, right)
+    flat = y1 == y2
     if flat.any():
-        _burn_horizontal_edges(burner, wx, wy, ring_off, x1[flat], x2[flat], y1[flat], edge_ring[flat])
-
+        found = _horizontal_spans(wx, wy, ring_off, x1[flat], x2[flat], y1[flat], edge_ring[flat], h, w)
+        if found is not None:
+            burner.spans(*found[1:])
     if all_touched:
         _walk(burner, x1, y1, x2, y2, intersect_only=True)
 
 
-def _burn_horizontal_edges(
-    burner: _Burner,
+def _horizontal_spans(
     wx: np.ndarray,
     wy: np.ndarray,
     ring_off: np.ndarray,
@@ -294,16 +472,19 @@ def _burn_horizontal_edges(
     x2: np.ndarray,
     y: np.ndarray,
     ring: np.ndarray,
-) -> None:
+    height: int | np.ndarray,
+    width: int | np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
     """Horizontal edges lying exactly on a centre row burn on their own when they run right to left.
 
-    "Right to left" is judged after GDAL has turned the ring clockwise in world coordinates, so the
-    ring orientation is needed, and only here.
+    Returns (edge index, row, first col, stop col) of those spans, or None. `height` and `width` are
+    one value or one per edge. "Right to left" is judged after GDAL has turned the ring clockwise in
+    world coordinates, so the ring orientation is needed, and only here.
     """
     row = np.floor(y)
-    cand = (x1 != x2) & (row + 0.5 == y) & (row >= 0) & (row < burner.height)
+    cand = (x1 != x2) & (row + 0.5 == y) & (row >= 0) & (row < height)
     if not cand.any():
-        return
+        return None
     flipped: dict[int, bool] = {}
     for r in np.unique(ring[cand]).tolist():
         s, e = int(ring_off[r]), int(ring_off[r + 1])
@@ -311,13 +492,14 @@ def _burn_horizontal_edges(
     flip = np.array([flipped.get(r, False) for r in ring.tolist()], dtype=bool)
     runs_left = np.where(flip, x2 > x1, x1 > x2) & cand
     if not runs_left.any():
-        return
+        return None
+    w = np.broadcast_to(width, x1.shape)[runs_left]
     lo_x = np.floor(np.minimum(x1, x2)[runs_left] + 0.5)
     hi_x = np.floor(np.maximum(x1, x2)[runs_left] + 0.5)
-    ok = (lo_x <= burner.width - 1) & (hi_x > 0)
-    lo_i = np.clip(lo_x[ok], -1, burner.width + 1).astype(np.int64)
-    hi_i = np.clip(hi_x[ok], -1, burner.width + 1).astype(np.int64)
-    burner.spans(row[runs_left][ok].astype(np.int64), lo_i, hi_i)
+    ok = (lo_x <= w - 1) & (hi_x > 0)
+    lo_i = np.clip(lo_x[ok], -1, w[ok] + 1).astype(np.int64)
+    hi_i = np.clip(hi_x[ok], -1, w[ok] + 1).astype(np.int64)
+    return np.flatnonzero(runs_left)[ok], row[runs_left][ok].astype(np.int64), lo_i, hi_i
 
 
 def _walk(

@@ -54,7 +54,7 @@ from .gdalmask import (
 from .geobox import Affine6, window_transform
 from .geometry import crs_key, transform_geometry
 from .metadata import CogMetadata
-from .rasterize import geometry_mask
+from .rasterize import geometry_mask, geometry_masks
 from .window import TilePart, Window, geometry_window, point_pixel, tiles_for_window
 
 _DECODE_POOL: ThreadPoolExecutor | None = None
@@ -224,7 +224,6 @@ class _Planner:
         self.tiles: dict[_TileKey, _Tile] = {}
         self.sparse = 0
         self._geoms: dict[tuple[int, str | int | None, str | None], BaseGeometry] = {}
-        self._masks: dict[tuple[Any, ...], np.ndarray] = {}
         self._formats: dict[int, TileFormat] = {}
         self._misses: dict[tuple[Any, ...], str | None] = {}
         self._windows: dict[tuple[Any, ...], Window | None] = {}
@@ -273,11 +272,6 @@ class _Planner:
                 masks.setdefault(src.url, _Mask(k, src, [])).slots.append(i)
         fill = fill_scalar(np.dtype(meta.dtype), meta.fill_value())
         return _Job(index, req, meta, win, raw, aoi, list(masks.values()), fill, geom=None if raw else geom)
-
-    def rasterize(self, job: _Job) -> None:
-        """The job's AOI mask (pixel centres inside the AOI, or all touched), shared with same-grid jobs."""
-        if job.geom is not None and job.aoi is None:
-            job.aoi = self._mask(job.geom, job.meta, job.window, job.req.all_touched)
 
     def allocate(self, job: _Job) -> None:
         """Create the job's arrays and register every tile it needs (sparse tiles are filled right away)."""
@@ -395,13 +389,6 @@ class _Planner:
         if msg is not None:
             raise GeometryError(msg, record_id=req.record_id)
 
-    def _mask(self, geom: BaseGeometry, meta: CogMetadata, win: Window, all_touched: bool) -> np.ndarray:
-        key = (id(geom), meta.affine, win, all_touched)
-        mask = self._masks.get(key)
-        if mask is None:
-            mask = self._masks[key] = _MASKS.get(geom, meta.affine, win, all_touched)
-        return mask
-
 
 class _MaskCache:
     """AOI masks shared across calls: a time series reads one field from many scenes on the same grid, and
@@ -414,16 +401,24 @@ class _MaskCache:
         self._pixels = 0
         self._lock = threading.Lock()
 
-    def get(self, geom: BaseGeometry, affine: Affine6, win: Window, all_touched: bool) -> np.ndarray:
-        key = (shapely.to_wkb(geom), affine, win, all_touched)
+    @staticmethod
+    def key(geom: BaseGeometry, affine: Affine6, win: Window, all_touched: bool) -> tuple[Any, ...]:
+        """The cache key: the AOI's WKB, the grid, the window and the rule."""
+        return (shapely.to_wkb(geom), affine, win, all_touched)
+
+    def lookup(self, key: tuple[Any, ...]) -> np.ndarray | None:
+        """A cached mask, or None."""
         with self._lock:
             hit = self._items.get(key)
             if hit is not None:
                 self._items.move_to_end(key)
-                return hit
-        wt = window_transform(affine, win.col_off, win.row_off)
-        mask = geometry_mask(geom, win.shape, wt, all_touched=all_touched)
-        mask.flags.writeable = False  # shared between results: never modified in place
+            return hit
+
+    def store(self, key: tuple[Any, ...], mask: np.ndarray) -> np.ndarray:
+        """Keep a new mask (read-only from now on: results share it) unless it is too large to cache."""
+        if mask.base is not None:  # a view into a batch's buffer: own it, so the cache holds only this mask
+            mask = mask.copy()
+        mask.flags.writeable = False
         if mask.size <= self.max_pixels // 4:
             with self._lock:
                 if key not in self._items:
@@ -433,6 +428,15 @@ class _MaskCache:
                     _, old = self._items.popitem(last=False)
                     self._pixels -= old.size
         return mask
+
+    def get(self, geom: BaseGeometry, affine: Affine6, win: Window, all_touched: bool) -> np.ndarray:
+        """The mask of one AOI over one window, from the cache or rasterised now."""
+        key = self.key(geom, affine, win, all_touched)
+        hit = self.lookup(key)
+        if hit is not None:
+            return hit
+        wt = window_transform(affine, win.col_off, win.row_off)
+        return self.store(key, geometry_mask(geom, win.shape, wt, all_touched=all_touched))
 
 
 _MASKS = _MaskCache()
@@ -575,14 +579,49 @@ def plan(requests: Sequence[ReadRequest], budget: int | None = DEFAULT_PIXEL_BUD
 
 def rasterize_aois(jobs: Sequence[_Job | BaseException | None]) -> None:
     """Rasterise every job's AOI mask (CPU work the caller overlaps with fetching: masks are needed only
-    when the results are finished). A job whose mask fails keeps the error."""
-    planner = _Planner()
-    for j in jobs:
-        if isinstance(j, _Job) and j.error is None:
-            try:
-                planner.rasterize(j)
-            except Exception as exc:  # shapely / NumPy surprises on odd AOIs: that pair fails, not the batch
+    when the results are finished). Each distinct (AOI, grid, window) is rasterised once, all of a batch's
+    new ones in one vectorised call; a job whose mask fails keeps the error."""
+    todo = [j for j in jobs if isinstance(j, _Job) and j.error is None and j.geom is not None and j.aoi is None]
+    groups: dict[tuple[Any, ...], list[_Job]] = {}
+    for j in todo:
+        groups.setdefault((id(j.geom), j.meta.affine, j.window, j.req.all_touched), []).append(j)
+    missing: dict[bool, list[tuple[tuple[Any, ...], list[_Job]]]] = {}
+    for members in groups.values():
+        first = members[0]
+        assert first.geom is not None
+        try:
+            key = _MaskCache.key(first.geom, first.meta.affine, first.window, first.req.all_touched)
+        except Exception as exc:  # shapely surprises on odd AOIs: those pairs fail, not the batch
+            for j in members:
                 j.error = exc
+            continue
+        hit = _MASKS.lookup(key)
+        if hit is not None:
+            for j in members:
+                j.aoi = hit
+        else:
+            missing.setdefault(first.req.all_touched, []).append((key, members))
+    for all_touched, entries in missing.items():
+        items = [(m[0].geom, m[0].window.shape, window_transform(m[0].meta.affine, m[0].window.col_off,
+                                                                  m[0].window.row_off)) for _k, m in entries]
+        masks: list[np.ndarray | None]
+        try:
+            masks = list(geometry_masks(items, all_touched=all_touched))
+        except Exception:  # one bad AOI: rasterise one by one so only its pairs fail
+            masks = []
+            for (_key, members), (geom, shape, wt) in zip(entries, items, strict=True):
+                try:
+                    masks.append(geometry_mask(geom, shape, wt, all_touched=all_touched))
+                except Exception as exc:
+                    masks.append(None)
+                    for j in members:
+                        j.error = exc
+        for (key, members), mask in zip(entries, masks, strict=True):
+            if mask is None:
+                continue
+            kept = _MASKS.store(key, mask)
+            for j in members:
+                j.aoi = kept
 
 
 def _check_budget(jobs: Sequence[_Job | BaseException | None], budget: int | None) -> None:
