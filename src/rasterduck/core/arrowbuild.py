@@ -94,7 +94,7 @@ def scattered(values: Sequence[object], where: np.ndarray, typ: pa.DataType) -> 
     if pa.types.is_string(typ):
         full: list[str | None] = [None] * n
         for i, v in zip(np.flatnonzero(where), values, strict=True):
-            full[int(i)] = str(v)
+            full[int(i)] = None if v is None else str(v)
         return strings(full)
     dense = np.zeros(n, dtype=_NUMPY[typ])
     dense[where] = np.asarray(values, dtype=dense.dtype) if len(values) else dense[where]

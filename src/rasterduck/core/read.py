@@ -429,15 +429,6 @@ class _MaskCache:
                     self._pixels -= old.size
         return mask
 
-    def get(self, geom: BaseGeometry, affine: Affine6, win: Window, all_touched: bool) -> np.ndarray:
-        """The mask of one AOI over one window, from the cache or rasterised now."""
-        key = self.key(geom, affine, win, all_touched)
-        hit = self.lookup(key)
-        if hit is not None:
-            return hit
-        wt = window_transform(affine, win.col_off, win.row_off)
-        return self.store(key, geometry_mask(geom, win.shape, wt, all_touched=all_touched))
-
 
 _MASKS = _MaskCache()
 
