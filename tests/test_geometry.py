@@ -231,3 +231,27 @@ def test_check_area_of_use() -> None:
     assert msg is not None and "swapped" in msg
     utm = transform_geometry(lon_lat, 4326, "EPSG:32633")
     assert check_area_of_use(utm, "EPSG:32633", 4326) is None
+
+
+def test_transform_geometries_equals_one_by_one() -> None:
+    """One PROJ call for many AOIs gives what transform_geometry gives each; an AOI PROJ cannot move gets
+    the same GeometryError in its slot and does not spoil the others."""
+    from rasterduck.core.geometry import transform_geometries
+
+    rng = np.random.default_rng(5)
+    geoms = [shapely.Point(11 + rng.random(), 48 + rng.random()).buffer(0.01 + 0.02 * rng.random(), 3 + i % 5)
+             for i in range(40)]
+    geoms.insert(7, shapely.box(-171, -10, -169, 10))  # the far side of an orthographic view: not representable
+    ortho = "+proj=ortho +lat_0=48 +lon_0=11 +datum=WGS84 +units=m"
+    got = transform_geometries(geoms, "EPSG:4326", ortho)
+    for g, m in zip(geoms, got, strict=True):
+        try:
+            want = transform_geometry(g, "EPSG:4326", ortho)
+        except GeometryError as exc:
+            assert isinstance(m, GeometryError) and str(m) == str(exc)
+            continue
+        assert not isinstance(m, GeometryError)
+        assert np.array_equal(shapely.get_coordinates(m), shapely.get_coordinates(want))
+    assert sum(isinstance(m, GeometryError) for m in got) == 1
+    assert transform_geometries(geoms[:3], "EPSG:4326", "EPSG:4326") == geoms[:3]
+    assert transform_geometries([], "EPSG:4326", ortho) == []

@@ -12,7 +12,7 @@ rejected with a hint to pass `ST_AsWKB(geom)` instead.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from functools import lru_cache
 from typing import Any
 
@@ -258,6 +258,34 @@ def transform_geometry(geom: BaseGeometry, src_crs: CrsLike, dst_crs: CrsLike) -
             "outside what the projection can represent"
             + _area_hint(geom, src_crs, dst_crs)
         )
+    return out
+
+
+def transform_geometries(geoms: Sequence[BaseGeometry], src_crs: CrsLike, dst_crs: CrsLike
+                         ) -> list[BaseGeometry | GeometryError]:
+    """`transform_geometry` of many geometries with one PROJ call (a chunk of a join moves thousands of
+    AOIs); an AOI PROJ cannot move gets its GeometryError in its slot instead."""
+    tr = get_transformer(src_crs, dst_crs)
+    if tr is None or not geoms:
+        return list(geoms)
+    arr = np.empty(len(geoms), dtype=object)
+    arr[:] = list(geoms)
+
+    def move(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return tr.transform(x, y)
+
+    moved = shapely.transform(arr, move, interleaved=False)
+    coords, owner = shapely.get_coordinates(moved, return_index=True)
+    bad = set(np.unique(owner[~np.isfinite(coords).all(axis=1)]).tolist())
+    out: list[BaseGeometry | GeometryError] = []
+    for i, g in enumerate(moved):
+        if i in bad:  # one by one for the exact message
+            try:
+                out.append(transform_geometry(geoms[i], src_crs, dst_crs))
+            except GeometryError as exc:
+                out.append(exc)
+        else:
+            out.append(g)
     return out
 
 

@@ -13,6 +13,7 @@ process, from io.loop).
 
 from __future__ import annotations
 
+import copy
 import os
 import threading
 from collections import OrderedDict
@@ -29,7 +30,7 @@ from shapely.geometry.base import BaseGeometry
 from ..errors import BandNotFoundError, CollectionError, GeometryError, RasterduckError
 from . import arrowbuild as ab
 from .bands import candidates
-from .geometry import to_shapely, transform_geometry, wkb_array_to_shapely
+from .geometry import to_shapely, transform_geometries, transform_geometry, wkb_array_to_shapely
 from .metadata import CogMetadata
 from .rasterize import geometry_mask
 from .read import DEFAULT_PIXEL_BUDGET, BandSource, ReadRequest, ReadResult, read_batch
@@ -460,9 +461,10 @@ def read_pairs(ctx: KernelContext, recs: ChunkRecords, geoms: Sequence[Geom], ba
     already in the raster's CRS."""
     n = len(recs)
     out: list[Row] = [None] * n
-    reqs: list[ReadRequest] = []
-    where: list[int] = []
-    moved: dict[tuple[int, str, str], Any] = {}  # per call, by identity (repeated AOIs share one object)
+    rows: list[tuple[int, Geom, str | None, list[BandSource]]] = []
+    # joins repeat each AOI for every record of a CRS: move each distinct AOI once, all of a CRS pair in
+    # one PROJ call (parse_geoms shares one object per distinct WKB)
+    to_move: dict[tuple[str, str], dict[int, BaseGeometry]] = {}
     for i in range(n):
         g = geoms[i]
         rid = recs.ids[i]
@@ -482,16 +484,29 @@ def read_pairs(ctx: KernelContext, recs: ChunkRecords, geoms: Sequence[Geom], ba
             continue
         g_crs: str | None = crs[i]
         raster_crs = srcs[0].meta.crs
-        if g_crs is not None and raster_crs is not None and g.geom_type != "Point":
-            try:  # joins repeat each AOI for every record on the same grid: move it once
-                mkey = (id(g), g_crs, raster_crs)
-                moved_g = moved.get(mkey)
-                if moved_g is None:
-                    moved_g = moved[mkey] = ctx.geometry_in(g, g_crs, raster_crs)
-                g, g_crs = moved_g, raster_crs
-            except RasterduckError as exc:
-                out[i] = exc.with_context(record_id=rid)
+        if g_crs is not None and raster_crs is not None and g_crs != raster_crs and g.geom_type != "Point":
+            to_move.setdefault((g_crs, raster_crs), {})[id(g)] = g
+        rows.append((i, g, g_crs, srcs))
+    moved: dict[tuple[int, str, str], Geom] = {}
+    for (src, dst), distinct in to_move.items():
+        try:
+            done = transform_geometries(list(distinct.values()), src, dst)
+        except RasterduckError as exc:  # an unknown CRS: every AOI of the pair fails alike
+            done = [exc] * len(distinct)
+        for gid, m in zip(distinct, done, strict=True):
+            moved[(gid, src, dst)] = m
+    reqs: list[ReadRequest] = []
+    where: list[int] = []
+    for i, g, g_crs, srcs in rows:
+        rid = recs.ids[i]
+        raster_crs = srcs[0].meta.crs
+        if g_crs is not None and raster_crs is not None and g_crs != raster_crs and g is not None \
+                and not isinstance(g, RasterduckError) and g.geom_type != "Point":
+            m = moved[(id(g), g_crs, raster_crs)]
+            if isinstance(m, RasterduckError):
+                out[i] = copy.copy(m).with_context(record_id=rid)
                 continue
+            g, g_crs = m, raster_crs
         reqs.append(ReadRequest(rid, g, g_crs, srcs, all_touched))
         where.append(i)
     if reqs:
