@@ -461,7 +461,7 @@ def read_pairs(ctx: KernelContext, recs: ChunkRecords, geoms: Sequence[Geom], ba
     already in the raster's CRS."""
     n = len(recs)
     out: list[Row] = [None] * n
-    rows: list[tuple[int, Geom, str | None, list[BandSource]]] = []
+    rows: list[tuple[int, BaseGeometry, str | None, list[BandSource], tuple[int, str, str] | None]] = []
     # joins repeat each AOI for every record of a CRS: move each distinct AOI once, all of a CRS pair in
     # one PROJ call (parse_geoms shares one object per distinct WKB)
     to_move: dict[tuple[str, str], dict[int, BaseGeometry]] = {}
@@ -484,9 +484,11 @@ def read_pairs(ctx: KernelContext, recs: ChunkRecords, geoms: Sequence[Geom], ba
             continue
         g_crs: str | None = crs[i]
         raster_crs = srcs[0].meta.crs
+        move = None
         if g_crs is not None and raster_crs is not None and g_crs != raster_crs and g.geom_type != "Point":
             to_move.setdefault((g_crs, raster_crs), {})[id(g)] = g
-        rows.append((i, g, g_crs, srcs))
+            move = (id(g), g_crs, raster_crs)
+        rows.append((i, g, g_crs, srcs, move))
     moved: dict[tuple[int, str, str], Geom] = {}
     for (src, dst), distinct in to_move.items():
         try:
@@ -497,16 +499,14 @@ def read_pairs(ctx: KernelContext, recs: ChunkRecords, geoms: Sequence[Geom], ba
             moved[(gid, src, dst)] = m
     reqs: list[ReadRequest] = []
     where: list[int] = []
-    for i, g, g_crs, srcs in rows:
+    for i, g, g_crs, srcs, move in rows:
         rid = recs.ids[i]
-        raster_crs = srcs[0].meta.crs
-        if g_crs is not None and raster_crs is not None and g_crs != raster_crs and g is not None \
-                and not isinstance(g, RasterduckError) and g.geom_type != "Point":
-            m = moved[(id(g), g_crs, raster_crs)]
+        if move is not None:
+            m = moved[move]
             if isinstance(m, RasterduckError):
                 out[i] = copy.copy(m).with_context(record_id=rid)
                 continue
-            g, g_crs = m, raster_crs
+            g, g_crs = m, move[2]
         reqs.append(ReadRequest(rid, g, g_crs, srcs, all_touched))
         where.append(i)
     if reqs:
