@@ -74,18 +74,7 @@ def lists(sizes: np.ndarray, values: pa.Array, null: np.ndarray | None = None) -
 
 def strings(values: Sequence[str | None]) -> pa.Array:
     """A UTF-8 string array (None -> null)."""
-    n = len(values)
-    null = np.fromiter((v is None for v in values), dtype=bool, count=n)
-    encoded = [b"" if v is None else v.encode() for v in values]
-    sizes = np.fromiter((len(b) for b in encoded), dtype=np.int64, count=n)
-    off = np.zeros(n + 1, dtype=np.int64)
-    np.cumsum(sizes, out=off[1:])
-    data = pa.py_buffer(b"".join(encoded))
-    bitmap, nulls = _validity(null)
-    if off[-1] > _INT32_MAX:
-        return pa.Array.from_buffers(pa.large_string(), n, [bitmap, pa.py_buffer(off), data], null_count=nulls)
-    return pa.Array.from_buffers(pa.string(), n, [bitmap, pa.py_buffer(off.astype(np.int32)), data],
-                                 null_count=nulls)
+    return array_of(list(values), pa.string())
 
 
 def scattered(values: Sequence[object], where: np.ndarray, typ: pa.DataType) -> pa.Array:
@@ -151,8 +140,7 @@ def _value_validity(values: list[Any], has_nulls: bool) -> tuple[pa.Buffer | Non
     if not has_nulls:
         return None, 0
     valid = np.fromiter((v is not None for v in values), dtype=np.bool_, count=len(values))
-    bits = np.packbits(valid, bitorder="little")
-    return pa.py_buffer(bits.tobytes()), len(values) - int(valid.sum())
+    return _bitmap(valid), len(values) - int(valid.sum())
 
 
 def _build(values: list[Any], t: pa.DataType) -> pa.Array:
