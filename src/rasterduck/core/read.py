@@ -39,6 +39,7 @@ from ..errors import (
     PixelBudgetExceeded,
     RasterduckError,
 )
+from ..io.backend import Counters
 from ..io.ranges import DEFAULT_MAX_GAP, DEFAULT_MAX_SIZE, coalesce
 from ..tiff.decode import decode_tile
 from ..tiff.model import TileFormat
@@ -134,7 +135,7 @@ class ReadResult:
 
 
 @dataclass
-class ReadStats:
+class ReadStats(Counters):
     """What one or more read_batch calls did: unique tiles, sparse tiles, fetch calls, decodes, time."""
 
     tiles: int = 0
@@ -148,13 +149,6 @@ class ReadStats:
     decode_seconds: float = 0.0
     fetch_seconds: float = 0.0
     results: int = 0
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
-
-    def add(self, **counts: float) -> None:
-        """Add to counters by name (thread-safe)."""
-        with self._lock:
-            for name, n in counts.items():
-                setattr(self, name, getattr(self, name) + n)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -48,7 +48,20 @@ class RangeBackend(Protocol):
 
 
 @dataclass
-class FetchStats:
+class Counters:
+    """Named counters that threads and the event loop add to (the fields of a subclass)."""
+
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def add(self, **counts: float) -> None:
+        """Add to counters by name (thread-safe)."""
+        with self._lock:
+            for name, n in counts.items():
+                setattr(self, name, getattr(self, name) + n)
+
+
+@dataclass
+class FetchStats(Counters):
     """Counters of one backend: calls, input and merged ranges, requests (attempts), retries, bytes."""
 
     calls: int = 0
@@ -58,13 +71,6 @@ class FetchStats:
     retries: int = 0
     redirects: int = 0
     bytes: int = 0
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
-
-    def add(self, **counts: int) -> None:
-        """Add to counters by name (thread-safe)."""
-        with self._lock:
-            for name, n in counts.items():
-                setattr(self, name, getattr(self, name) + n)
 
     def snapshot(self) -> dict[str, int]:
         """The counters as a plain dict."""
