@@ -142,3 +142,16 @@ def sql_aoi_values(aois: list[BaseGeometry]) -> str:
 def corpus_path(rel: str) -> Path:
     """A file of the shared corpus."""
     return corpus_dir() / rel
+
+
+def assert_cog_rows_match(rows: dict[int, dict[str, Any]], aois: list[BaseGeometry]) -> None:
+    """JSON rows of the README join over rio-tiler/cog.tif (keyed by AOI index, `px` and its `typeof` in `t`)
+    equal rasterio's pixels; AOIs that miss the raster have no row."""
+    for i, g in enumerate(aois):
+        expected = rasterio_pixels(corpus_path("rio-tiler/cog.tif"), g)
+        if expected is None:
+            assert i not in rows
+            continue
+        assert '"data" USMALLINT[][]' in rows[i]["t"]
+        assert_result_matches(rows[i]["px"], expected, "uint16")
+

@@ -21,7 +21,7 @@ from rasterduck.duck.format import Table, render
 from rasterduck.duck.shell import Shell
 
 from .httpserver import RangeServer
-from .test_duck_helpers import aois_for, assert_result_matches, corpus_path, rasterio_pixels, sql_aoi_values
+from .test_duck_helpers import aois_for, assert_cog_rows_match, corpus_path, sql_aoi_values
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 COG = "geotiff/rio-tiler/cog.tif"
@@ -47,13 +47,7 @@ def test_readme_join_through_the_shell_equals_rasterio(collection: Path) -> None
     out = shell("-json", "--attach", f"coll={collection}", "-c", q)
     assert out.returncode == 0, out.stderr
     rows = {r["aoi_id"]: r for r in json.loads(out.stdout)}
-    for i, g in enumerate(aois):
-        expected = rasterio_pixels(corpus_path("rio-tiler/cog.tif"), g)
-        if expected is None:
-            assert i not in rows
-            continue
-        assert '"data" USMALLINT[][]' in rows[i]["t"]
-        assert_result_matches(rows[i]["px"], expected, "uint16")
+    assert_cog_rows_match(rows, aois)
     assert len(rows) == 3
 
 
