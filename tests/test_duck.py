@@ -558,3 +558,27 @@ def test_sql_files_ship_in_the_package() -> None:
     assert names and all(n.endswith(".sql") for n in names)
     repo_sql = Path(__file__).resolve().parents[1] / "sql"
     assert sorted(p.name for p in repo_sql.glob("*.sql")) == sorted(names)
+
+
+def test_query_process_imports_neither_pandas_nor_numpy_ma(site: Site) -> None:
+    """A first query pays for every module it imports: pandas (pa.array / pq.read_table, ~0.25 s) and
+    numpy.ma (np.unique's first call, 10-20 ms) must stay out of a fresh process's SQL join and API read."""
+    import subprocess
+    import sys
+
+    from ._paths import REPO_ROOT
+
+    c = site.colls["u16"]
+    code = (
+        "import sys, shapely, rasterduck\n"
+        "con = rasterduck.connect()\n"
+        f"rasterduck.attach(con, 'coll', {str(c.parquet)!r})\n"
+        f"rows = con.sql({join_sql('coll', c.aois)!r}).to_arrow_table()\n"
+        "assert rows.num_rows >= 3, rows.num_rows\n"
+        f"res = rasterduck.open_collection({str(c.parquet)!r}).read("
+        f"[shapely.from_wkt(w) for w in {[g.wkt for g in c.aois]!r}], ['b1'])\n"
+        "print(sorted(m for m in ('pandas', 'numpy.ma') if m in sys.modules))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT,
+                          env={"PYTHONPATH": str(REPO_ROOT / "src"), "PATH": "/usr/bin:/bin"}, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]", proc.stdout + proc.stderr

@@ -276,7 +276,8 @@ def transform_geometries(geoms: Sequence[BaseGeometry], src_crs: CrsLike, dst_cr
 
     moved = shapely.transform(arr, move, interleaved=False)
     coords, owner = shapely.get_coordinates(moved, return_index=True)
-    bad = set(np.unique(owner[~np.isfinite(coords).all(axis=1)]).tolist())
+    # a set, not np.unique: np.unique imports numpy.ma on first use (10-20 ms inside the first query)
+    bad = set(owner[~np.isfinite(coords).all(axis=1)].tolist())
     out: list[BaseGeometry | GeometryError] = []
     for i, g in enumerate(moved):
         if i in bad:  # one by one for the exact message

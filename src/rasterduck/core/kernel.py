@@ -639,7 +639,7 @@ def load_bands_array(rows: Sequence[Row], target: np.dtype, *, safe: bool,
 
 def struct_of_dicts(rows: Sequence[dict[str, object] | None], typ: pa.StructType) -> pa.Array:
     """A StructArray from small per-row dicts (statistics: a handful of numbers per row)."""
-    return pa.array(list(rows), typ)
+    return ab.array_of(list(rows), typ)
 
 
 def values_array(rows: Sequence[Row]) -> pa.Array:
@@ -656,7 +656,8 @@ def values_array(rows: Sequence[Row]) -> pa.Array:
         mask[i] = False
     off = np.zeros(len(rows) + 1, dtype=np.int32)
     np.cumsum(sizes, out=off[1:])
-    return pa.ListArray.from_arrays(pa.array(off), pa.array(flat, pa.float64()), mask=pa.array(mask))
+    return pa.ListArray.from_arrays(ab.numeric(off, pa.int32()), ab.array_of(flat, pa.float64()),
+                                    mask=ab.booleans(mask))
 
 
 ZONAL_STRUCT = pa.struct([("count", pa.int64()), ("valid_count", pa.int64()), ("min", pa.float64()),
@@ -830,7 +831,7 @@ def intersects_arrow(records: pa.StructArray | pa.ChunkedArray, geoms: pa.Array 
         a[i], b[i] = feet[i], g
     res = shapely.intersects(a, b)
     valid = np.array([f is not None and g is not None for f, g in zip(a, b, strict=True)], dtype=bool)
-    return pa.array(np.asarray(res, dtype=bool), pa.bool_(), mask=~valid)  # type: ignore[return-value]
+    return ab.booleans(np.asarray(res, dtype=bool), ~valid)
 
 
 __all__ = [

@@ -18,6 +18,7 @@ import pyarrow as pa
 
 from ..errors import CollectionError, UnsupportedTiffError
 from ..tiff.model import ImageIFD, TiffHeader, TileFormat
+from .arrowbuild import array_of
 
 LEVEL_TYPE = pa.struct(
     [
@@ -346,4 +347,4 @@ def header_crs(header: TiffHeader) -> str | None:
 
 def metadata_array(items: list[CogMetadata | None]) -> pa.Array:
     """An Arrow StructArray of METADATA_TYPE (nulls where a band is missing or failed)."""
-    return pa.array([m.to_dict() if m is not None else None for m in items], type=METADATA_TYPE)
+    return array_of([m.to_dict() if m is not None else None for m in items], METADATA_TYPE)

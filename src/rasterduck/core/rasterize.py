@@ -486,7 +486,7 @@ def _horizontal_spans(
     if not cand.any():
         return None
     flipped: dict[int, bool] = {}
-    for r in np.unique(ring[cand]).tolist():
+    for r in set(ring[cand].tolist()):  # not np.unique: it imports numpy.ma on first use
         s, e = int(ring_off[r]), int(ring_off[r + 1])
         flipped[r] = not _is_clockwise(wx[s:e], wy[s:e])
     flip = np.array([flipped.get(r, False) for r in ring.tolist()], dtype=bool)

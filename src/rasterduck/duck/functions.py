@@ -18,6 +18,7 @@ import pyarrow as pa
 import shapely
 from shapely.geometry.base import BaseGeometry
 
+from ..core import arrowbuild as ab
 from ..core import kernel as K
 from ..core.kernel import AOI_CRS, ChunkRecords, Row, combine, parse_geoms, read_pairs
 from ..core.metadata import CogMetadata
@@ -149,7 +150,7 @@ def make_read_cog_crs(state: State) -> Udf:
             if isinstance(h, BaseException):
                 raise h
             out.append(header_crs(h))
-        return pa.array(out, pa.string())
+        return ab.array_of(out, pa.string())
 
     return read_cog_crs
 
@@ -180,7 +181,7 @@ def make_rs_dimension(state: State, what: str) -> Udf:
             else:
                 m = _first_band_meta(recs, i)
                 out.append(m.image_width if what == "Width" else m.image_height)
-        return pa.array(out, pa.int32())
+        return ab.array_of(out, pa.int32())
 
     return rs_dimension
 
@@ -202,7 +203,7 @@ def make_rs_value(state: State) -> Udf:
         rows = read_pairs(state, recs, K.point_geoms(parse_geoms(args[1])), bands, [AOI_CRS] * len(recs))
         K.raise_first(rows)
         lists = K.values_array(rows)
-        return pa.array([v[0] if v else None for v in lists.to_pylist()], pa.float64())
+        return ab.array_of([v[0] if v else None for v in lists.to_pylist()], pa.float64())
 
     return rs_value
 
@@ -277,7 +278,7 @@ def make_rs_zonal_stats(state: State) -> Udf:
             if key is None:
                 raise RasterduckError(f"unknown statType {name!r}; expected one of {sorted(_STAT_NAMES)}")
             out.append(None if s is None else s[key])
-        return pa.array(out, pa.float64())
+        return ab.array_of(out, pa.float64())
 
     return rs_zonal_stats
 
@@ -319,13 +320,9 @@ def make_rs_band_as_array(state: State) -> Udf:
         K.raise_first(rows)
         arrays = [r.data[0].reshape(-1).astype(np.float64) for r in rows if isinstance(r, ReadResult)]
         sizes = np.array([r.height * r.width if isinstance(r, ReadResult) else 0 for r in rows], dtype=np.int64)
-        off = np.zeros(len(rows) + 1, dtype=np.int64)
-        np.cumsum(sizes, out=off[1:])
         flat = np.concatenate(arrays) if arrays else np.empty(0, np.float64)
-        mask = pa.array([not isinstance(r, ReadResult) for r in rows])
-        if off[-1] < 2**31:
-            return pa.ListArray.from_arrays(pa.array(off.astype(np.int32)), pa.array(flat), mask=mask)
-        return pa.LargeListArray.from_arrays(pa.array(off), pa.array(flat), mask=mask)
+        missed = np.array([not isinstance(r, ReadResult) for r in rows], dtype=bool)
+        return ab.lists(sizes, ab.numeric(flat), missed)
 
     return rs_band_as_array
 
