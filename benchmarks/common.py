@@ -48,7 +48,7 @@ class Run:
         self.reader = reader
         self.spec_path, self.out_path, self.start_ts = sys.argv[1], sys.argv[2], float(sys.argv[3])
         self.spec: dict[str, Any] = json.loads(open(self.spec_path).read())
-        self.t_imported = self.t_done = 0.0
+        self.t_imported = self.t_done = self.t_session = 0.0
         self.rss_done = 0.0
         self.cpu_done = 0.0
         self.extra: dict[str, Any] = {}
@@ -56,6 +56,11 @@ class Run:
     def imported(self) -> None:
         """Mark the end of imports: work time starts here."""
         self.t_imported = time.time()
+
+    def session_opened(self) -> None:
+        """Mark the end of a once-per-process session setup inside the work (the SQL reader's
+        `rasterduck.connect()`: a DuckDB database opened, functions registered); reported apart."""
+        self.t_session = time.time()
 
     def done(self) -> None:
         """Mark the end of the work (all pixels in memory): wall and work time stop here."""
@@ -74,6 +79,7 @@ class Run:
         self.write({
             "reader": self.reader, "import_s": self.t_imported - self.start_ts,
             "work_s": self.t_done - self.t_imported, "wall_s": self.t_done - self.start_ts,
+            "session_s": self.t_session - self.t_imported if self.t_session else 0.0,
             "rss_peak_mb": self.rss_done, "cpu_s": self.cpu_done, "hashes": hashes, "extra": self.extra,
         })
 

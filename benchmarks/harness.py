@@ -196,6 +196,8 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "status": "ok", "runs": len(good),
         "wall_s": med(lambda r: r["wall_s"]), "work_s": med(lambda r: r["work_s"]),
         "import_s": med(lambda r: r["import_s"]), "cpu_s": med(lambda r: r.get("cpu_s", 0.0)),
+        "session_s": med(lambda r: r.get("session_s", 0.0)),
+        "read_s": med(lambda r: r["work_s"] - r.get("session_s", 0.0)),
         "work_s_all": [round(r["work_s"], 4) for r in good], "wall_s_all": [round(r["wall_s"], 4) for r in good],
         "requests": med(lambda r: r["server"]["requests"]), "mb": med(lambda r: r["server"]["bytes"] / 1e6),
         "peak_in_flight": med(lambda r: r["server"]["peak_in_flight"]),

@@ -66,6 +66,7 @@ def body() -> dict[str, str]:
         raise SkipReader(_IMPORT_ERROR)
     spec = run.spec
     con = rasterduck.connect()
+    run.session_opened()  # opening a database and registering the functions: once per session, reported apart
     rasterduck.attach(con, "scenes", spec["rasterduck_collection"])
     # the AOI pairs as a user keeps them: a Parquet file (written by the harness, run.py write_pairs)
     con.execute("CREATE TEMP VIEW pairs AS FROM read_parquet('" + spec["pairs_parquet"].replace("'", "''") + "')")
