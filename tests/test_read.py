@@ -484,3 +484,27 @@ def test_rasteret_collection_reads_equal_rasterio(server: Any) -> None:
             assert np.array_equal(r.data, ref, equal_nan=True), (rid, r.geometry_index)
             checked += 1
     assert checked >= len(by_id)
+
+
+def test_file_groups_share_no_file_and_keep_shared_tiles_single(tmp_path: Path, make_server: Callable[..., Any],
+                                                                 backend: DefaultBackend) -> None:
+    """Allocation and fetching go one file group at a time: pairs reading a common file land in one group
+    (so a tile they share is still fetched once), pairs of other files in their own, in input order."""
+    for name in ("a", "b", "c"):
+        write_cog(tmp_path / f"{name}.tif", block=256)
+    srv = make_server()
+    src = {name: sources_of(srv.url(f"{name}.tif"))[0] for name in ("a", "b", "c")}
+    g = world_box(10, 10, 60, 40)
+    reqs = [ReadRequest("r1", g, "EPSG:32633", [src["a"]]), ReadRequest("r2", g, "EPSG:32633", [src["b"]]),
+            ReadRequest("r3", g, "EPSG:32633", [src["c"], src["a"]]), ReadRequest("r4", None, None, [src["b"]])]
+    jobs = kernel.plan_jobs(kernel._Planner(), reqs, None)
+    assert isinstance(jobs[3], RasterduckError)  # no geometry: an error in its slot, in no group
+    groups = kernel.file_groups(jobs)
+    assert [[j.index for j in grp] for grp in groups] == [[0, 2], [1]]
+    srv.reset()
+    results = read(reqs[:3], backend)
+    assert sorted(logged_ranges(srv)) == sorted(needed_tiles(tmp_path / f"{n}.tif", [g]).pop() for n in "abc")
+    for r, files in zip(results, (["a"], ["b"], ["c", "a"]), strict=True):
+        assert isinstance(r, ReadResult)
+        expected = np.concatenate([oracle(tmp_path / f"{n}.tif", g) for n in files])
+        assert np.array_equal(r.data, expected)
