@@ -9,7 +9,9 @@
 - requests: per file, runs of needed tiles that lie back to back in the file (gaps up to 64 bytes:
   GDAL's per-tile leader/trailer) are one request; waves = ceil(requests / 50), 50 being the default
   number of requests in flight of rasterduck and rasteret (their `max_concurrent`).
-- bytes: the compressed sizes of the needed tiles; bandwidth: measured (see `measure_bandwidth`).
+- bytes: what those requests must carry: the needed tiles, except that the last tile of each run only
+  up to its last needed row (Deflate decodes from the start and can stop there: the smallest prefix
+  that inflates to those rows, found here by inflating); bandwidth: measured (see `measure_bandwidth`).
 - measured fetch floor: the same requests received by a bare asyncio client (raw sockets, no HTTP
   library, bodies received into preallocated buffers, nothing decoded, 50 keep-alive connections) from
   a fresh server at the scenario's latency, best of 3: the
@@ -118,18 +120,39 @@ def tile_plan(spec: dict[str, Any], root: Path) -> dict[str, Any]:
     for url, tile in needed:
         by_url.setdefault(url, []).append(tile)
     ranges: list[tuple[str, int, int]] = []  # (url, start, end): one request each
-    nbytes = 0
     for url, tiles in by_url.items():
         info = infos[url_files[url]]
-        spans = sorted((info.offsets[t], info.offsets[t] + info.counts[t]) for t in tiles)
-        nbytes += sum(e - s for s, e in spans)
-        for s, e in spans:
-            if ranges and ranges[-1][0] == url and s - ranges[-1][2] <= CONTIGUOUS_GAP:
-                ranges[-1] = (url, ranges[-1][1], max(ranges[-1][2], e))
+        spans = sorted((info.offsets[t], info.offsets[t] + info.counts[t], t) for t in tiles)
+        runs: list[list[tuple[int, int, int]]] = []
+        for span in spans:
+            if runs and span[0] - runs[-1][-1][1] <= CONTIGUOUS_GAP:
+                runs[-1].append(span)
             else:
-                ranges.append((url, s, e))
+                runs.append([span])
+        for run in runs:
+            s_last, e_last, t_last = run[-1]
+            cut = s_last + _min_prefix(url_files[url], s_last, e_last - s_last,
+                                       needed[(url, t_last)] * info.tw * 2)
+            ranges.append((url, run[0][0], cut))
+    nbytes = sum(e - s for _u, s, e in ranges)
     return {"needed": needed, "infos": infos, "url_files": url_files, "requests": len(ranges), "bytes": nbytes,
             "files": len(by_url), "ranges": ranges}
+
+
+_PREFIXES: dict[tuple[Path, int, int], int] = {}
+
+
+def _min_prefix(path: Path, offset: int, length: int, need: int) -> int:
+    """The fewest leading bytes of a Deflate tile that inflate to `need` bytes (zlib, which stops there)."""
+    key = (path, offset, need)
+    if key not in _PREFIXES:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            data = f.read(length)
+        d = zlib.decompressobj()
+        out = d.decompress(data, need)
+        _PREFIXES[key] = length if len(out) < need else length - len(d.unconsumed_tail)
+    return _PREFIXES[key]
 
 
 def decode_seconds(plan: dict[str, Any]) -> dict[str, float]:

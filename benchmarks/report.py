@@ -202,7 +202,9 @@ def markdown(doc: dict[str, Any]) -> str:
               "library, nothing decoded, 50 keep-alive connections) from a fresh server at the same latency, best of 3; the formula alone "
               "(its bandwidth measured with 4 long transfers) is shown too, with our distance to it. The tiles any reader "
               "with cached headers must fetch (planned independently with rasterio's window rule and tifffile's tile "
-              "tables), requests = runs of back-to-back tiles per file, waves = ceil(requests / 50); decode timed here, "
+              "tables), requests = runs of back-to-back tiles per file, waves = ceil(requests / 50); MB: those runs, the last "
+              "tile of each cut after its last needed row (the smallest prefix that inflates to those rows: what must be "
+              "fetched and decoded; the fetch floor receives exactly these ranges); decode timed here, "
               "single-threaded, per needed tile as the cheapest of libdeflate on the whole tile and zlib or ISA-L stopped at "
               "the last needed row, plus predictor 2 on those rows. The full-tile column decodes every tile completely. "
               "S4: one request per file holding its whole header, 64 in flight.", "",

@@ -542,3 +542,21 @@ def test_fuzz_only_decode_errors(codec: str) -> None:
         assert tile.dtype == np.dtype(fmt.dtype).newbyteorder("=")
 
     run()
+
+
+def test_prefix_length_per_codec() -> None:
+    """Exact rows for raw data, an estimate with headroom for Deflate, whole tiles otherwise or when the
+    rows reach the bottom, the estimate nears the tile, or the tile is small."""
+    from rasterduck.tiff.decode import PREFIX_SLACK, prefix_length
+
+    fmt = TileFormat(compression=8, predictor=2, dtype="<u2", tile_width=512, tile_height=512, samples=1)
+    n = 400_000
+    assert prefix_length(fmt, 512, n) == n
+    assert prefix_length(fmt, 20, n) == int(n * 20 / 512 * 2.0) + PREFIX_SLACK
+    assert prefix_length(fmt, 200, n) == n  # the estimate exceeds 3/4 of the tile
+    assert prefix_length(fmt, 20, PREFIX_SLACK) == PREFIX_SLACK  # small tiles: whole
+    raw = TileFormat(compression=1, predictor=1, dtype="|u1", tile_width=512, tile_height=512, samples=3)
+    assert prefix_length(raw, 7, 512 * 512 * 3) == 7 * 512 * 3
+    for codec in (5, 7, 50000, 34887):  # LZW, JPEG, ZSTD, LERC: whole tiles
+        assert prefix_length(TileFormat(compression=codec, predictor=1, dtype="<u2", tile_width=512,
+                                        tile_height=512, samples=1), 20, n) == n

@@ -503,8 +503,93 @@ def test_file_groups_share_no_file_and_keep_shared_tiles_single(tmp_path: Path, 
     assert [[j.index for j in grp] for grp in groups] == [[0, 2], [1]]
     srv.reset()
     results = read(reqs[:3], backend)
-    assert sorted(logged_ranges(srv)) == sorted(needed_tiles(tmp_path / f"{n}.tif", [g]).pop() for n in "abc")
+    tiles = sorted(needed_tiles(tmp_path / f"{n}.tif", [g]).pop() for n in "abc")  # one per file: a's once
+    got = sorted(logged_ranges(srv))
+    assert [o for o, _n in got] == [o for o, _n in tiles]
+    assert all(n <= full for (_o, n), (_p, full) in zip(got, tiles, strict=True))  # a prefix, or whole
     for r, files in zip(results, (["a"], ["b"], ["c", "a"]), strict=True):
         assert isinstance(r, ReadResult)
         expected = np.concatenate([oracle(tmp_path / f"{n}.tif", g) for n in files])
         assert np.array_equal(r.data, expected)
+
+
+def _tile0(path: Path) -> tuple[int, int]:
+    """(offset, byte count) of the first tile of a file's full-resolution image."""
+    with tifffile.TiffFile(path) as tf:
+        page = tf.pages[0]
+        return int(page.dataoffsets[0]), int(page.databytecounts[0])
+
+
+def test_top_rows_of_a_tile_fetch_only_a_prefix(tmp_path: Path, make_server: Callable[..., Any],
+                                                backend: DefaultBackend) -> None:
+    """An AOI in the top rows of a Deflate tile fetches the leading bytes those rows need (estimated with
+    headroom), not the whole tile; the pixels still equal GDAL's."""
+    path = write_cog(tmp_path / "top.tif", width=512, height=512, block=512)
+    srv = make_server()
+    sources = sources_of(srv.url("top.tif"))
+    g = world_box(40.5, 3.2, 300.2, 30.7)  # rows 3..30 of a 512-row tile
+    off, length = _tile0(path)
+    srv.reset()
+    stats = ReadStats()
+    (r,) = read([ReadRequest("r", g, "EPSG:32633", sources)], backend, stats=stats)
+    assert isinstance(r, ReadResult) and np.array_equal(r.data, oracle(path, g))
+    want = kernel.prefix_length(sources[0].meta.tile_format(), 31, length)
+    assert logged_ranges(srv) == [(off, want)] and want < length // 4
+    assert (stats.prefix_tiles, stats.prefix_refetches, stats.bytes_fetched) == (1, 0, want)
+
+
+def test_a_prefix_that_falls_short_fetches_the_rest(tmp_path: Path, make_server: Callable[..., Any],
+                                                    backend: DefaultBackend) -> None:
+    """Content that is not even (noise in the top rows, zeros below): the rows' share of the compressed bytes
+    far exceeds their share of the rows, so the estimated prefix ends early; the rest of the tile comes in
+    one more request and the pixels are still exact."""
+    data = np.zeros((1, 512, 512), dtype="uint16")
+    data[0, :100] = np.random.default_rng(3).integers(0, 65535, (100, 512))
+    path = write_cog(tmp_path / "uneven.tif", width=512, height=512, block=512, data=data)
+    srv = make_server()
+    sources = sources_of(srv.url("uneven.tif"))
+    g = world_box(10.5, 40.2, 200.2, 90.7)  # rows 40..90: 18 % of the rows, nearly all of the bytes
+    off, length = _tile0(path)
+    want = kernel.prefix_length(sources[0].meta.tile_format(), 91, length)
+    assert want < length
+    srv.reset()
+    stats = ReadStats()
+    (r,) = read([ReadRequest("r", g, "EPSG:32633", sources)], backend, stats=stats)
+    assert isinstance(r, ReadResult) and np.array_equal(r.data, oracle(path, g))
+    assert logged_ranges(srv) == [(off, want), (off + want, length - want)]
+    assert (stats.prefix_tiles, stats.prefix_refetches, stats.bytes_fetched) == (1, 1, length)
+
+
+def test_uncompressed_tiles_fetch_exactly_the_needed_rows(tmp_path: Path, make_server: Callable[..., Any],
+                                                          backend: DefaultBackend) -> None:
+    path = write_cog(tmp_path / "raw.tif", width=512, height=512, block=512, compress="NONE", predictor=1,
+                     count=3, interleave="pixel", dtype="uint8")
+    srv = make_server()
+    sources = sources_of(srv.url("raw.tif"))
+    g = world_box(100.5, 20.2, 300.2, 60.7)  # rows 20..60
+    off, _length = _tile0(path)
+    srv.reset()
+    results = read([ReadRequest("r", g, "EPSG:32633", sources)], backend)
+    assert isinstance(results[0], ReadResult) and np.array_equal(results[0].data, oracle(path, g))
+    assert logged_ranges(srv) == [(off, 61 * 512 * 3)]  # 61 rows of 512 pixel-interleaved RGB samples
+
+
+def test_a_run_of_tiles_keeps_one_request_with_a_prefix_only_at_its_end(
+        tmp_path: Path, make_server: Callable[..., Any], backend: DefaultBackend) -> None:
+    """Two back-to-back tiles whose top rows an AOI needs: the first is fetched whole so the pair stays one
+    request, and only the second is cut short."""
+    path = write_cog(tmp_path / "run.tif", width=1024, height=512, block=512)
+    srv = make_server()
+    sources = sources_of(srv.url("run.tif"))
+    g = world_box(300.5, 5.2, 700.2, 40.7)  # columns across tiles 0 and 1, rows 5..40
+    with tifffile.TiffFile(path) as tf:
+        offs, counts = tf.pages[0].dataoffsets, tf.pages[0].databytecounts
+    assert offs[1] - (offs[0] + counts[0]) <= 64 * 1024
+    srv.reset()
+    stats = ReadStats()
+    (r,) = read([ReadRequest("r", g, "EPSG:32633", sources)], backend, stats=stats)
+    assert isinstance(r, ReadResult) and np.array_equal(r.data, oracle(path, g))
+    second = kernel.prefix_length(sources[0].meta.tile_format(), 41, int(counts[1]))
+    assert second < counts[1]
+    assert logged_ranges(srv) == [(int(offs[0]), int(offs[1]) - int(offs[0]) + second)]
+    assert stats.prefix_tiles == 1

@@ -60,6 +60,10 @@ class DecodeError(RasterduckError, ValueError):
     """A tile could not be decoded: corrupt stream, wrong size, unsupported codec or predictor."""
 
 
+class TruncatedTileError(DecodeError):
+    """The stored bytes end before the rows asked for: a short file, or a prefix fetched too short."""
+
+
 class FetchError(RasterduckError, OSError):
     """Bytes could not be fetched: HTTP status, bad Range answer, timeout, retries exhausted."""
 

@@ -29,6 +29,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import lru_cache
+from itertools import pairwise
 from typing import Any
 
 import numpy as np
@@ -43,10 +44,11 @@ from ..errors import (
     GeometryError,
     PixelBudgetExceeded,
     RasterduckError,
+    TruncatedTileError,
 )
 from ..io.backend import Counters
 from ..io.ranges import DEFAULT_MAX_GAP, DEFAULT_MAX_SIZE, coalesce
-from ..tiff.decode import decode_tile
+from ..tiff.decode import decode_tile, prefix_length
 from ..tiff.model import TileFormat
 from .gdalmask import (
     MaskKind,
@@ -148,6 +150,8 @@ class ReadStats(Counters):
     mask_tiles: int = 0
     fetch_calls: int = 0
     bytes_fetched: int = 0
+    prefix_tiles: int = 0  # tiles fetched as a leading part (their rows end early in the tile)
+    prefix_refetches: int = 0  # of those, tiles whose prefix fell short: the rest fetched in a second request
     decoded: int = 0
     decoded_rows: int = 0  # rows decoded, over all tiles (partial decoding stops at the last needed row)
     tile_rows: int = 0  # rows those tiles hold
@@ -211,6 +215,7 @@ class _Tile:
     uses: list[_Use] = field(default_factory=list)
     error: BaseException | None = None
     mask_size: tuple[int, int] = (0, 0)  # internal-mask tiles: (tile width, tile height)
+    fetch_length: int = 0  # leading bytes fetched first (set when the group's tiles are complete)
 
 
 _TileKey = tuple[str, int, int]
@@ -344,8 +349,11 @@ class _Planner:
         tile.uses.append(use)
 
     def take_tiles(self) -> dict[_TileKey, _Tile]:
-        """The tiles registered since the last call (a file group's, handed to its fetch)."""
+        """The tiles registered since the last call (a file group's, handed to its fetch), each with the
+        prefix worth fetching: only the bytes of the rows its uses need, where the codec allows."""
         tiles, self.tiles = self.tiles, {}
+        for t in tiles.values():
+            t.fetch_length = t.length if t.fmt is None else prefix_length(t.fmt, t.rows, t.length)
         return tiles
 
     def _fill_sparse(self, job: _Job, part: TilePart, targets: list[tuple[int, int]]) -> None:
@@ -694,14 +702,21 @@ def _coalesce_params(backend: Any) -> tuple[int, int]:
 
 
 def fetch_groups(tiles: Sequence[_Tile], backend: Any) -> list[tuple[str, list[_Tile]]]:
-    """Tiles grouped per URL into the coalesced ranges the backend will turn into single requests."""
+    """Tiles grouped per URL into the coalesced ranges the backend will turn into single requests.
+
+    A tile followed (within the coalescing gap) by another needed tile of its file is fetched whole: its
+    prefix would only split one request in two. Prefixes stay on the tiles that end a run."""
     gap, size = _coalesce_params(backend)
     by_url: dict[str, list[_Tile]] = defaultdict(list)
     for t in tiles:
         by_url[t.url].append(t)
     groups: list[tuple[str, list[_Tile]]] = []
     for url, ts in by_url.items():
-        merged = coalesce([(t.offset, t.length) for t in ts], gap, size)
+        ordered = sorted(ts, key=lambda t: t.offset)
+        for t, after in pairwise(ordered):
+            if after.offset - (t.offset + t.length) <= gap:
+                t.fetch_length = t.length
+        merged = coalesce([(t.offset, t.fetch_length or t.length) for t in ts], gap, size)
         for m in merged:
             groups.append((url, [ts[i] for i, _off in m.parts]))
     return groups
@@ -713,10 +728,10 @@ async def fetch_and_decode(tiles: dict[_TileKey, _Tile], backend: Any, stats: Re
     pool = decode_pool()
     st = stats if stats is not None else ReadStats()
 
-    async def one(url: str, group: list[_Tile]) -> None:
+    async def fetch(url: str, group: list[_Tile], ranges: list[tuple[int, int]]) -> Sequence[Any] | None:
         t0 = time.perf_counter()
         try:
-            datas = await backend.read_ranges(url, [(t.offset, t.length) for t in group])
+            datas = await backend.read_ranges(url, ranges)
         except Exception as exc:  # a custom backend may raise anything: name the URL all the same
             err = (exc.with_context(url=url) if isinstance(exc, RasterduckError)
                    else FetchError(f"{type(exc).__name__}: {exc}", url=url))
@@ -724,20 +739,46 @@ async def fetch_and_decode(tiles: dict[_TileKey, _Tile], backend: Any, stats: Re
                 err.__cause__ = exc
             for t in group:
                 t.error = err
+            return None
+        st.add(fetch_calls=1, bytes_fetched=sum(n for _o, n in ranges), fetch_seconds=time.perf_counter() - t0)
+        return datas
+
+    async def one(url: str, group: list[_Tile]) -> None:
+        lengths = [t.fetch_length or t.length for t in group]
+        st.add(prefix_tiles=sum(1 for t, n in zip(group, lengths, strict=True) if n < t.length))
+        datas = await fetch(url, group, [(t.offset, n) for t, n in zip(group, lengths, strict=True)])
+        if datas is None:
             return
-        st.add(fetch_calls=1, bytes_fetched=sum(t.length for t in group), fetch_seconds=time.perf_counter() - t0)
-        await asyncio.gather(*(loop.run_in_executor(pool, _decode_scatter, t, d, st)
-                               for t, d in zip(group, datas, strict=True)))
+        done = await asyncio.gather(*(loop.run_in_executor(pool, _decode_scatter, t, d, st)
+                                      for t, d in zip(group, datas, strict=True)))
+        short = [(t, d) for t, d, ok in zip(group, datas, done, strict=True) if not ok]
+        if not short:
+            return
+        # prefixes that fell short: fetch the rest of those tiles (one call, coalesced) and decode again
+        st.add(prefix_refetches=len(short))
+        rests = await fetch(url, [t for t, _d in short],
+                            [(t.offset + len(d), t.length - len(d)) for t, d in short])
+        if rests is not None:
+            await asyncio.gather(*(loop.run_in_executor(pool, _decode_whole, t, d, r, st)
+                                   for (t, d), r in zip(short, rests, strict=True)))
 
     await asyncio.gather(*(one(u, g) for u, g in fetch_groups(list(tiles.values()), backend)))
 
 
-def _decode_scatter(tile: _Tile, data: bytes, stats: ReadStats) -> None:
-    """Decode one tile (its needed rows only) and copy its parts into every job that uses it."""
+def _decode_whole(tile: _Tile, prefix: Any, rest: Any, stats: ReadStats) -> None:
+    """Decode a tile from its prefix and the rest fetched after the prefix fell short."""
+    _decode_scatter(tile, b"".join((prefix, rest)), stats)
+
+
+def _decode_scatter(tile: _Tile, data: Any, stats: ReadStats) -> bool:
+    """Decode one tile (its needed rows only) and copy its parts into every job that uses it. False when
+    `data` is a prefix of the tile that ends before the needed rows (the caller fetches the rest)."""
     t0 = time.perf_counter()
     try:
-        if len(data) != tile.length:
-            raise RasterduckError(f"backend returned {len(data)} bytes for a {tile.length}-byte tile", url=tile.url)
+        expected = tile.length if len(data) >= tile.length else (tile.fetch_length or tile.length)
+        if len(data) != expected:
+            raise RasterduckError(f"backend returned {len(data)} bytes for a {expected}-byte range of a "
+                                  f"{tile.length}-byte tile", url=tile.url)
         if tile.fmt is None:
             tw, th = tile.mask_size
             arr = decode_mask_tile(data, tw, th, tile.rows)[:, :, None]
@@ -747,6 +788,10 @@ def _decode_scatter(tile: _Tile, data: bytes, stats: ReadStats) -> None:
                   tile_rows=tile.fmt.tile_height if tile.fmt is not None else tile.mask_size[1])
         for use in tile.uses:
             _scatter(use, arr)
+    except TruncatedTileError as exc:
+        if len(data) < tile.length:
+            return False
+        tile.error = exc.with_context(url=tile.url)
     except RasterduckError as exc:
         tile.error = exc.with_context(url=tile.url)
     except Exception as exc:  # imagecodecs / NumPy surprises on corrupt data: still name the tile
@@ -754,6 +799,7 @@ def _decode_scatter(tile: _Tile, data: bytes, stats: ReadStats) -> None:
                           url=tile.url)
         err.__cause__ = exc
         tile.error = err
+    return True
 
 
 def _scatter(use: _Use, arr: np.ndarray) -> None:
