@@ -60,7 +60,7 @@ from .gdalmask import (
     nodata_valid,
 )
 from .geobox import Affine6, window_transform
-from .geometry import crs_key, transform_geometry
+from .geometry import crs_key, transform_geometries, transform_geometry
 from .metadata import CogMetadata
 from .rasterize import geometry_mask, geometry_masks
 from .window import TilePart, Window, geometry_window, point_pixel, tiles_for_window
@@ -231,6 +231,7 @@ class _Planner:
         self._formats: dict[int, TileFormat] = {}
         self._misses: dict[tuple[Any, ...], str | None] = {}
         self._windows: dict[tuple[Any, ...], Window | None] = {}
+        self._fills: dict[tuple[str, str], np.generic] = {}
 
     def job(self, index: int, req: ReadRequest) -> _Job | None:
         """Window, AOI mask and mask kind of one request; None when it misses the raster."""
@@ -274,7 +275,7 @@ class _Planner:
         for i, (src, k) in enumerate(zip(req.bands, kinds, strict=True)):
             if k in (MaskKind.INTERNAL, MaskKind.ALPHA):
                 masks.setdefault(src.url, _Mask(k, src, [])).slots.append(i)
-        fill = fill_scalar(np.dtype(meta.dtype), meta.fill_value())
+        fill = self._fill(meta)
         return _Job(index, req, meta, win, raw, aoi, list(masks.values()), fill, geom=None if raw else geom)
 
     def allocate(self, job: _Job) -> None:
@@ -369,6 +370,34 @@ class _Planner:
         if fmt is None:
             fmt = self._formats[id(meta)] = meta.tile_format()
         return fmt
+
+    def _fill(self, meta: CogMetadata) -> np.generic:
+        value = meta.fill_value()
+        key = (meta.dtype, repr(value))
+        fill = self._fills.get(key)
+        if fill is None:
+            fill = self._fills[key] = fill_scalar(np.dtype(meta.dtype), value)
+        return fill
+
+    def move_geometries(self, requests: Sequence[ReadRequest]) -> None:
+        """Move every distinct AOI into the raster CRSs it meets before the per-request work, one PROJ call
+        per CRS pair (a batch repeats each AOI for many scenes). An AOI PROJ cannot move is left to the
+        per-request path, which raises its exact error in that request's slot."""
+        todo: dict[tuple[str, str], dict[int, BaseGeometry]] = {}
+        for req in requests:
+            if req.geometry is None or req.geometry_crs is None or not req.bands:
+                continue
+            crs = req.bands[0].meta.crs
+            if crs is not None and (id(req.geometry), req.geometry_crs, crs) not in self._geoms:
+                todo.setdefault((req.geometry_crs, crs), {})[id(req.geometry)] = req.geometry
+        for (src, dst), distinct in todo.items():
+            try:
+                moved = transform_geometries(list(distinct.values()), src, dst)
+            except RasterduckError:
+                continue
+            for gid, m in zip(distinct, moved, strict=True):
+                if not isinstance(m, RasterduckError):
+                    self._geoms[(gid, src, dst)] = m
 
     def _geometry(self, req: ReadRequest, crs: str | None) -> BaseGeometry:
         assert req.geometry is not None
@@ -564,6 +593,7 @@ def plan_jobs(planner: _Planner, requests: Sequence[ReadRequest], budget: int | 
     Raises PixelBudgetExceeded when the outputs would exceed `budget` bytes, before anything is allocated.
     """
     jobs: list[_Job | BaseException | None] = []
+    planner.move_geometries(requests)
     for i, req in enumerate(requests):
         try:
             jobs.append(planner.job(i, req))
