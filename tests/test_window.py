@@ -25,7 +25,15 @@ from rasterio.windows import transform as rio_window_transform
 
 from rasterduck.core.geobox import GeoBox, affine_inverse, window_transform
 from rasterduck.core.rasterize import geometry_mask
-from rasterduck.core.window import TilePart, Window, geometry_window, point_pixel, tiles_for_window
+from rasterduck.core.window import (
+    TilePart,
+    Window,
+    geometry_window,
+    geometry_windows,
+    point_pixel,
+    tiles_for_window,
+)
+from rasterduck.errors import GeometryError
 
 Transform = tuple[float, float, float, float, float, float]
 NODATA = -1
@@ -110,6 +118,28 @@ def test_geometry_window_matches_rasterio(seed: int) -> None:
                 assert geometry_window(g, t, w, h) == expected, (t, w, h, g.wkt)
                 misses += expected is None
     assert misses > 0  # the cases do include AOIs that miss the raster
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_geometry_windows_equal_geometry_window(seed: int) -> None:
+    """The vectorised batch form gives, per geometry, what geometry_window gives (and rasterio), with
+    empty geometries (None) and non-finite ones (the same GeometryError) in their own slots."""
+    rng = np.random.default_rng(900 + seed)
+    for _ in range(8):
+        t, w, h = random_grid(rng)
+        geoms = [random_aoi(rng, t, w, h) for _ in range(40)]
+        geoms[5] = shapely.Polygon()
+        geoms[9] = shapely.Polygon([(0, 0), (math.inf, 0), (1, 1)])
+        got = geometry_windows(geoms, t, w, h)
+        for g, win in zip(geoms, got, strict=True):
+            try:
+                expected = geometry_window(g, t, w, h)
+            except GeometryError as exc:
+                assert isinstance(win, GeometryError) and str(win) == str(exc)
+                continue
+            assert win == expected, (t, w, h, g.wkt)
+        assert got[5] is None and isinstance(got[9], GeometryError)
+    assert geometry_windows([], (1.0, 0.0, 0.0, 0.0, -1.0, 0.0), 4, 4) == []
 
 
 @pytest.mark.parametrize("seed", range(4))
