@@ -593,3 +593,29 @@ def test_a_run_of_tiles_keeps_one_request_with_a_prefix_only_at_its_end(
     assert second < counts[1]
     assert logged_ranges(srv) == [(int(offs[0]), int(offs[1]) - int(offs[0]) + second)]
     assert stats.prefix_tiles == 1
+
+
+@pytest.mark.parametrize(("dtype", "nodata"), [("uint16", 0), ("uint16", 70000.0), ("uint16", 1.5), ("int8", -128),
+                                               ("float32", float("nan")), ("float32", 0.1), ("float64", -9999.0)])
+def test_nodata_valid_is_gdals_dataset_mask(dtype: str, nodata: float) -> None:
+    """A pixel is valid when any band differs from nodata compared in the band's dtype (NaN-aware); a nodata
+    the type cannot hold matches nothing."""
+    from rasterduck.core.gdalmask import nodata_valid
+
+    rng = np.random.default_rng(7)
+    data = rng.integers(0, 3, (3, 5, 6)).astype(dtype)
+    dt = np.dtype(dtype)
+    if dt.kind == "f":
+        data[data == 0] = np.float32(nodata) if not np.isnan(nodata) else np.nan
+    holdable = dt.kind == "f" or (np.iinfo(dt).min <= nodata <= np.iinfo(dt).max and nodata == int(nodata))
+    if not holdable:
+        expected = np.ones((5, 6), dtype=bool)
+    elif np.isnan(nodata):
+        expected = (~np.isnan(data)).any(axis=0)
+    else:
+        expected = (data != dt.type(nodata)).any(axis=0)
+    for bands in (data[:1], data):
+        want = expected if bands is data else (
+            np.ones((5, 6), bool) if not holdable else
+            (~np.isnan(bands[0]) if np.isnan(nodata) else bands[0] != dt.type(nodata)))
+        assert np.array_equal(nodata_valid(bands, nodata), want)

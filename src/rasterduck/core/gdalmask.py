@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import enum
 import zlib
+from functools import lru_cache
+from typing import Any
 
 import numpy as np
 
@@ -113,14 +115,28 @@ def nodata_valid(data: np.ndarray, nodata: float) -> np.ndarray:
     The value is compared in the band's dtype, as GDAL's nodata mask does (float32 bands compare with
     float32(nodata)); this is rasterio's dataset-mask rule (a pixel is valid if any band is).
     """
-    dt = data.dtype
+    kind, value = _nodata_in(data.dtype.str, nodata)
+    if kind == "none":
+        return np.ones(data.shape[1:], dtype=bool)
+    # band by band, not np.any(axis=0): a stream's windows are small and the reduction's set-up dominated
+    out = ~np.isnan(data[0]) if kind == "nan" else data[0] != value
+    for band in data[1:]:
+        out |= ~np.isnan(band) if kind == "nan" else band != value
+    return out
+
+
+@lru_cache(maxsize=256)
+def _nodata_in(dtype: str, nodata: float) -> tuple[str, Any]:
+    """How a nodata compares in a band dtype: ("nan", None), ("none", None) when the type cannot hold it
+    (it then matches nothing), else ("value", the nodata as a scalar of the dtype)."""
+    dt = np.dtype(dtype)
     if dt.kind == "f" and np.isnan(nodata):
-        return np.any(~np.isnan(data), axis=0)
+        return "nan", None
     if dt.kind in "iu":
         info = np.iinfo(dt)
         if not (info.min <= nodata <= info.max) or nodata != int(nodata):
-            return np.ones(data.shape[1:], dtype=bool)  # a nodata the type cannot hold matches nothing
-    return np.any(data != dt.type(nodata), axis=0)
+            return "none", None
+    return "value", dt.type(nodata)
 
 
 def fill_scalar(dtype: np.dtype, fill: float | int) -> np.generic:
