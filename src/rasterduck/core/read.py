@@ -938,6 +938,7 @@ async def read_batch(requests: Sequence[ReadRequest], backend: Any, *, pixel_bud
     planner = _Planner()
     # planning and finishing are CPU work (masks, fills): off the event loop, which may serve other calls
     jobs = await loop.run_in_executor(pool, plan_jobs, planner, requests, pixel_budget)
+    masks = loop.run_in_executor(pool, rasterize_aois, jobs)  # needed only at finish; alongside the allocation
     tiles: dict[_TileKey, _Tile] = {}
     fetches: list[asyncio.Task[None]] = []
     stopped = threading.Event()  # cancelled or failed: no new fetches
@@ -952,10 +953,6 @@ async def read_batch(requests: Sequence[ReadRequest], backend: Any, *, pixel_bud
             if stopped.is_set():
                 return
             loop.call_soon_threadsafe(start, allocate_group(planner, group))
-        # AOI masks are needed only when results are finished: rasterised while the first bytes travel,
-        # after every fetch has started (run alongside, they held the GIL and delayed S2's first request
-        # by ~20 ms)
-        rasterize_aois(jobs)
 
     try:
         await loop.run_in_executor(pool, allocate_all)  # the start() calls it queued have run (FIFO)
@@ -965,6 +962,7 @@ async def read_batch(requests: Sequence[ReadRequest], backend: Any, *, pixel_bud
         for f in fetches:
             f.cancel()
         await asyncio.gather(*fetches, return_exceptions=True)
+        await masks
     st.add(tiles=len(tiles), sparse_tiles=planner.sparse,
            mask_tiles=sum(1 for t in tiles.values() if t.fmt is None))
     for t in tiles.values():
