@@ -383,7 +383,7 @@ class _Planner:
         """Move every distinct AOI into the raster CRSs it meets before the per-request work, one PROJ call
         per CRS pair (a batch repeats each AOI for many scenes). An AOI PROJ cannot move is left to the
         per-request path, which raises its exact error in that request's slot."""
-        todo: dict[tuple[str, str], dict[int, BaseGeometry]] = {}
+        todo: dict[tuple[str | int, str], dict[int, BaseGeometry]] = {}
         for req in requests:
             if req.geometry is None or req.geometry_crs is None or not req.bands:
                 continue
