@@ -671,20 +671,6 @@ def allocate_group(planner: _Planner, group: Sequence[_Job]) -> dict[_TileKey, _
     return planner.take_tiles()
 
 
-def plan(requests: Sequence[ReadRequest], budget: int | None = DEFAULT_PIXEL_BUDGET
-         ) -> tuple[list[_Job | BaseException | None], dict[_TileKey, _Tile], int]:
-    """Jobs (or None / the error) per request and the unique tiles of a whole batch; no I/O.
-
-    Raises PixelBudgetExceeded before allocating when the outputs would exceed `budget` bytes.
-    """
-    planner = _Planner()
-    jobs = plan_jobs(planner, requests, budget)
-    tiles: dict[_TileKey, _Tile] = {}
-    for group in file_groups(jobs):
-        tiles.update(allocate_group(planner, group))
-    return jobs, tiles, planner.sparse
-
-
 def rasterize_aois(jobs: Sequence[_Job | BaseException | None]) -> None:
     """Rasterise every job's AOI mask (CPU work the caller overlaps with fetching: masks are needed only
     when the results are finished). Each distinct (AOI, grid, window) is rasterised once, all of a batch's
