@@ -62,25 +62,17 @@ def geometry_window(
 
     Floor of the smallest and ceil of the largest pixel coordinate of any vertex, clipped to the raster.
     """
-    if geom.is_empty:
-        return None
-    coords = shapely.get_coordinates(geom)
-    inv = affine_inverse(as_affine6(transform))
-    cols, rows = apply(inv, coords[:, 0], coords[:, 1])
-    if not (np.isfinite(cols).all() and np.isfinite(rows).all()):
-        raise GeometryError("the AOI does not map to finite pixel coordinates")
-    col_start = math.floor(float(cols.min()))
-    col_stop = math.ceil(float(cols.max()))
-    row_start = math.floor(float(rows.min()))
-    row_stop = math.ceil(float(rows.max()))
-    bounds = Window(col_start, row_start, max(col_stop - col_start, 0), max(row_stop - row_start, 0))
-    return bounds.intersection(Window(0, 0, width, height))
+    (found,) = geometry_windows([geom], transform, width, height)
+    if isinstance(found, GeometryError):
+        raise found
+    return found
 
 
 def geometry_windows(geoms: Sequence[BaseGeometry], transform: Iterable[float], width: int, height: int
                      ) -> list[Window | GeometryError | None]:
-    """`geometry_window` of many geometries on one grid in one vectorised pass (a batch meets each grid
-    with thousands of AOIs); a geometry that maps to non-finite pixel coordinates gets its GeometryError."""
+    """The windows of many geometries on one grid in one vectorised pass (a batch meets each grid with
+    thousands of AOIs): `geometry_window`'s rule, which it applies to one. A geometry that maps to
+    non-finite pixel coordinates gets its GeometryError; an empty one None."""
     arr = np.empty(len(geoms), dtype=object)
     arr[:] = list(geoms)
     coords, owner = shapely.get_coordinates(arr, return_index=True)
