@@ -13,7 +13,6 @@ process, from io.loop).
 
 from __future__ import annotations
 
-import copy
 import os
 import threading
 from collections import OrderedDict
@@ -30,7 +29,7 @@ from shapely.geometry.base import BaseGeometry
 from ..errors import BandNotFoundError, CollectionError, GeometryError, RasterduckError
 from . import arrowbuild as ab
 from .bands import candidates
-from .geometry import to_shapely, transform_geometries, transform_geometry, wkb_array_to_shapely
+from .geometry import to_shapely, transform_geometry, wkb_array_to_shapely
 from .metadata import CogMetadata
 from .rasterize import geometry_mask
 from .read import DEFAULT_PIXEL_BUDGET, BandSource, ReadRequest, ReadResult, read_batch
@@ -461,10 +460,10 @@ def read_pairs(ctx: KernelContext, recs: ChunkRecords, geoms: Sequence[Geom], ba
     already in the raster's CRS."""
     n = len(recs)
     out: list[Row] = [None] * n
-    rows: list[tuple[int, BaseGeometry, str | None, list[BandSource], tuple[int, str, str] | None]] = []
-    # joins repeat each AOI for every record of a CRS: move each distinct AOI once, all of a CRS pair in
-    # one PROJ call (parse_geoms shares one object per distinct WKB)
-    to_move: dict[tuple[str, str], dict[int, BaseGeometry]] = {}
+    # joins repeat each AOI for every record: the read kernel moves each distinct AOI once per CRS pair
+    # (parse_geoms shares one object per distinct WKB, so it recognises the repeats)
+    reqs: list[ReadRequest] = []
+    where: list[int] = []
     for i in range(n):
         g = geoms[i]
         rid = recs.ids[i]
@@ -482,32 +481,7 @@ def read_pairs(ctx: KernelContext, recs: ChunkRecords, geoms: Sequence[Geom], ba
         except RasterduckError as exc:
             out[i] = exc
             continue
-        g_crs: str | None = crs[i]
-        raster_crs = srcs[0].meta.crs
-        move = None
-        if g_crs is not None and raster_crs is not None and g_crs != raster_crs and g.geom_type != "Point":
-            to_move.setdefault((g_crs, raster_crs), {})[id(g)] = g
-            move = (id(g), g_crs, raster_crs)
-        rows.append((i, g, g_crs, srcs, move))
-    moved: dict[tuple[int, str, str], Geom] = {}
-    for (src, dst), distinct in to_move.items():
-        try:
-            done = transform_geometries(list(distinct.values()), src, dst)
-        except RasterduckError as exc:  # an unknown CRS: every AOI of the pair fails alike
-            done = [exc] * len(distinct)
-        for gid, m in zip(distinct, done, strict=True):
-            moved[(gid, src, dst)] = m
-    reqs: list[ReadRequest] = []
-    where: list[int] = []
-    for i, g, g_crs, srcs, move in rows:
-        rid = recs.ids[i]
-        if move is not None:
-            m = moved[move]
-            if isinstance(m, RasterduckError):
-                out[i] = copy.copy(m).with_context(record_id=rid)
-                continue
-            g, g_crs = m, move[2]
-        reqs.append(ReadRequest(rid, g, g_crs, srcs, all_touched))
+        reqs.append(ReadRequest(rid, g, crs[i], srcs, all_touched))
         where.append(i)
     if reqs:
         budget = ctx.pixel_budget if pixel_budget is _UNSET else pixel_budget
