@@ -38,10 +38,13 @@ class Reader:
     script: str
     python: Path
     needs_src: bool  # put the repo's src/ on PYTHONPATH
+    env: tuple[tuple[str, str], ...] = ()  # extra environment (a script's variant)
 
 
 READERS = {
     "rasterduck-sql": Reader("rasterduck-sql", "reader_sql.py", VENV_PY, True),
+    "rasterduck-sql-raw": Reader("rasterduck-sql-raw", "reader_sql.py", VENV_PY, True,
+                                 (("RASTERDUCK_BENCH_SQL_FUNCTION", "load_bands_raw"),)),
     "rasterduck": Reader("rasterduck", "reader_rasterduck.py", VENV_PY, True),
     "rasterio": Reader("rasterio", "reader_rasterio.py", VENV_PY, False),
     "rasteret": Reader("rasteret", "reader_rasteret.py", VENV312_PY, False),
@@ -88,6 +91,7 @@ def reader_env(reader: Reader) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "GDAL_", "CPL_", "VSI_"))}
     if reader.needs_src:
         env["PYTHONPATH"] = str(REPO / "src")
+    env.update(reader.env)
     return env
 
 

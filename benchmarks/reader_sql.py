@@ -3,6 +3,9 @@
     con = rasterduck.connect(); rasterduck.attach(con, "scenes", <collection.parquet>)
     SELECT p.aoi_id, r.id, load_bands(r, p.geom, [bands]) FROM scenes r JOIN pairs p ON r.id = p.scene_id
 
+With RASTERDUCK_BENCH_SQL_FUNCTION=load_bands_raw (the harness's "rasterduck-sql-raw") the same query
+calls load_bands_raw: pixels as BLOBs instead of lists.
+
 For read scenarios the whole result is fetched as Arrow. For the stream scenario (S5) the result is
 consumed batch by batch (`fetch_record_batch`) and only counted, so peak RSS shows what the engine holds
 in flight; hashes are kept for the AOIs listed in the spec's `check_aois` only.
@@ -11,13 +14,15 @@ Skips (with the reason) while `rasterduck.duck` has no `connect`.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import Run, SkipReader, key, main_guard, peak_rss_mb, pixel_hash
 
-run = Run("rasterduck-sql")
+FUNCTION = os.environ.get("RASTERDUCK_BENCH_SQL_FUNCTION", "load_bands")
+run = Run("rasterduck-sql-raw" if FUNCTION == "load_bands_raw" else "rasterduck-sql")
 
 import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
@@ -53,9 +58,13 @@ def _row_hashes(batch: pa.RecordBatch, keep: set[str] | None) -> dict[str, str]:
         if not h or not w:
             continue
         names = row["bands"].as_py()
-        data = row["data"].values  # list of per-band flat lists
+        data = row["data"].values  # per band: a flat list, or (load_bands_raw) a BLOB of little-endian bytes
+        dtype = np.dtype(row["dtype"].as_py()).newbyteorder("<")
         for j, band in enumerate(names):
-            flat = data[j].values.to_numpy(zero_copy_only=False)
+            if pa.types.is_binary(data.type) or pa.types.is_large_binary(data.type):
+                flat = np.frombuffer(data[j].as_buffer(), dtype=dtype)
+            else:
+                flat = data[j].values.to_numpy(zero_copy_only=False)
             out[key(aoi_id, sid, band)] = pixel_hash(np.asarray(flat).reshape(h, w))
     return out
 
@@ -72,7 +81,7 @@ def body() -> dict[str, str]:
     con.execute("CREATE TEMP VIEW pairs AS FROM read_parquet('" + spec["pairs_parquet"].replace("'", "''") + "')")
     n_pairs = sum(len(idx) for _s, idx in spec["pairs"])
     band_list = ", ".join(f"'{b}'" for b in spec["bands"])
-    sql = (f"SELECT p.aoi_id, r.id AS scene_id, load_bands(r, p.geom, [{band_list}]) AS px "
+    sql = (f"SELECT p.aoi_id, r.id AS scene_id, {FUNCTION}(r, p.geom, [{band_list}]) AS px "
            "FROM scenes r JOIN pairs p ON r.id = p.scene_id")
     run.extra["rows"] = n_pairs
     if spec["kind"] == "stream":

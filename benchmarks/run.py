@@ -34,7 +34,7 @@ import scenarios  # noqa: E402
 
 CACHE = HERE / ".cache"
 RESULTS = HERE / "results"
-READ_READERS = ["rasterduck-sql", "rasterduck", "rasterio", "rasteret", "async-tiff"]
+READ_READERS = ["rasterduck-sql", "rasterduck-sql-raw", "rasterduck", "rasterio", "rasteret", "async-tiff"]
 BUILD_READERS = ["rasterduck", "rasteret"]
 STREAM_READERS = ["rasterduck-sql"]
 

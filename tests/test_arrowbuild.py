@@ -43,6 +43,13 @@ def test_booleans_strings_lists_scattered() -> None:
         pa.array(["EPSG:4326", None, None, "x", None], pa.string()))
 
 
+def test_binaries_cut_one_buffer() -> None:
+    data = np.frombuffer(b"abcdefgh", dtype=np.uint8)
+    sizes = np.array([3, 0, 0, 5])
+    null = np.array([False, False, True, False])
+    assert ab.binaries(sizes, data, null).equals(pa.array([b"abc", b"", None, b"defgh"], pa.binary()))
+
+
 def test_offsets_switch_to_large_lists() -> None:
     sizes = np.array([2**30, 2**30, 5], dtype=np.int64)
     off = ab.offsets(sizes)

@@ -594,3 +594,70 @@ def test_query_process_imports_neither_pandas_nor_numpy_ma(site: Site) -> None:
     assert ours == control
     if duckdb.__version__.startswith("2."):
         assert ours == "[]"  # DuckDB 2 imports neither
+
+
+# ---- load_bands_raw ------------------------------------------------------------------------------
+@pytest.mark.parametrize("key", ["u16", "i8", "f32", "rgb"])
+def test_load_bands_raw_equals_rasterio_and_load_bands(site: Site, key: str) -> None:
+    c = site.colls[key]
+    con = rasterduck.connect()
+    rasterduck.attach(con, "coll", c.parquet)
+    bands = "['red', 'green', 'blue']" if key == "rgb" else "['b1']"
+    q = join_sql("coll", c.aois, bands, fn="load_bands_raw")
+    [(typ,)] = con.execute(f"SELECT DISTINCT typeof(px) FROM ({q})").fetchall()
+    assert typ.replace('"', "") == dtypes.raw_result_type()
+    lists = {a: px for a, _r, px in con.execute(join_sql("coll", c.aois, bands)).fetchall()}
+    rows = con.execute(q).fetchall()
+    table = to_arrow_table(con.sql(q))
+    assert table.schema.field("px").type.field("data").type == pa.list_(pa.binary())
+    arrow_cells = dict(zip(table["aoi_id"].to_pylist(), table["px"], strict=True))
+    hits = 0
+    for aoi_id, _rid, px in rows:
+        expected = rasterio_pixels(c.path, c.aois[aoi_id])
+        if expected is None:
+            assert px is None and lists[aoi_id] is None
+            continue
+        hits += 1
+        assert px["dtype"] == c.dtype and px["bands"] == lists[aoi_id]["bands"]
+        h, w = px["height"], px["width"]
+        assert [len(b) for b in px["data"]] == [h * w * np.dtype(c.dtype).itemsize] * len(px["bands"])
+        assert len(px["valid"]) == h * w and set(px["valid"]) <= {0, 1}
+        for k in ("height", "width", "transform", "crs", "nodata"):
+            assert px[k] == lists[aoi_id][k]
+        # one band: rasterio's mask; several: the same valid list as load_bands (GDAL's dataset mask, checked
+        # in test_read_corpus), which rasterio.mask's per-band masks do not give
+        want_valid = expected["valid"] if key != "rgb" else np.asarray(lists[aoi_id]["valid"], bool).reshape(h, w)
+        for cell in (px, arrow_cells[aoi_id]):
+            data, valid = rasterduck.to_numpy(cell, masked=False)
+            assert data.dtype == np.dtype(c.dtype)
+            np.testing.assert_array_equal(data, expected["data"])
+            np.testing.assert_array_equal(valid, want_valid)
+        masked = rasterduck.to_numpy(px)
+        np.testing.assert_array_equal(masked.mask, np.broadcast_to(~want_valid, masked.shape))
+    assert hits >= 1
+
+
+def test_load_bands_raw_keeps_each_rows_dtype_and_safe_mode(site: Site) -> None:
+    con = rasterduck.connect()
+    rasterduck.attach(con, "u16", site.colls["u16"].parquet)
+    rasterduck.attach(con, "i8", site.colls["i8"].parquet)
+    rasterduck.attach(con, "f32", site.colls["f32"].parquet)
+    aois = {k: site.colls[k].aois[0] for k in ("u16", "i8", "f32")}
+    q = " UNION ALL ".join(f"SELECT '{k}' AS k, load_bands_raw(r, '{g.wkt}', ['b1']) AS px FROM {k} r"
+                           for k, g in aois.items())
+    got = dict(con.execute(q).fetchall())
+    for k, px in got.items():
+        c = site.colls[k]
+        assert px["dtype"] == c.dtype  # no promotion: uint16, int8 and float32 rows in one result
+        data, valid = rasterduck.to_numpy(px, masked=False)
+        expected = rasterio_pixels(c.path, aois[k])
+        np.testing.assert_array_equal(data, expected["data"])
+        np.testing.assert_array_equal(valid, expected["valid"])
+    g = aois["u16"]
+    [(px,)] = con.execute(f"SELECT load_bands_raw_safe(r, '{g.wkt}', ['b1', 'nir']) FROM u16 r").fetchall()
+    assert px["data"] is None and px["valid"] is None and "band 'nir' not found" in px["error"]
+    with pytest.raises(duckdb.Error, match="band 'nir' not found"):
+        con.execute(f"SELECT load_bands_raw(r, '{g.wkt}', ['nir']) FROM u16 r").fetchall()
+    far = site.colls["u16"].aois[-1]
+    assert con.execute(f"SELECT load_bands_raw(r, '{far.wkt}', ['b1']), "
+                       f"load_bands_raw_safe(r, '{far.wkt}', ['b1']) FROM u16 r").fetchall() == [(None, None)]

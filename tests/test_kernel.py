@@ -248,3 +248,34 @@ def test_process_kernel_is_shared_per_settings() -> None:
     from rasterduck.io.loop import get_default_backend
 
     assert a.backend is get_default_backend()  # one HTTP session per process for the default settings
+
+
+def test_raw_array_bytes_nulls_and_errors() -> None:
+    from rasterduck.core.read import ReadResult
+
+    big = np.arange(6, dtype=">u2").reshape(1, 2, 3)  # a big-endian array: the BLOB is little-endian anyway
+    f32 = np.array([[[1.5, -2.0]], [[3.25, 0.0]]], dtype=np.float32)
+    rows: list[K.Row] = [
+        ReadResult("a", ["b1"], big, np.array([[True, False, True], [True, True, False]]), (1, 0, 0, 0, -1, 0),
+                   "EPSG:32632", 0, "uint16"),
+        None,
+        RasterduckError("boom", record_id="c"),
+        ReadResult("d", ["x", "y"], f32, np.array([[True, False]]), (2, 0, 5, 0, -2, 7), None, 0.0, "float32"),
+    ]
+    with pytest.raises(RasterduckError, match="boom"):
+        K.load_bands_raw_array(rows, safe=False)
+    out = K.load_bands_raw_array(rows, safe=True).to_pylist()
+    assert out[0]["data"] == [np.arange(6, dtype="<u2").tobytes()] and out[0]["valid"] == bytes([1, 0, 1, 1, 1, 0])
+    assert (out[0]["height"], out[0]["width"], out[0]["dtype"], out[0]["crs"]) == (2, 3, "uint16", "EPSG:32632")
+    assert out[1] is None
+    assert out[2]["data"] is None and out[2]["valid"] is None and "boom" in out[2]["error"]
+    assert out[3]["data"] == [f32[0].astype("<f4").tobytes(), f32[1].astype("<f4").tobytes()]
+    assert out[3]["bands"] == ["x", "y"] and out[3]["transform"] == [2, 0, 5, 0, -2, 7] and out[3]["crs"] is None
+    lists = K.load_bands_array(rows[:2] + rows[3:], np.dtype(np.float32), safe=False).to_pylist()
+    for raw, lst in zip([out[0], out[1], out[3]], lists, strict=True):
+        if lst is None:
+            assert raw is None
+            continue
+        assert {k: raw[k] for k in ("bands", "height", "width", "transform", "crs", "dtype", "nodata")} == \
+            {k: lst[k] for k in ("bands", "height", "width", "transform", "crs", "dtype", "nodata")}
+        assert [bool(v) for v in raw["valid"]] == lst["valid"]

@@ -72,6 +72,15 @@ def lists(sizes: np.ndarray, values: pa.Array, null: np.ndarray | None = None) -
     return cls.from_arrays(off, values, mask=mask)
 
 
+def binaries(sizes: np.ndarray, data: np.ndarray, null: np.ndarray | None = None) -> pa.Array:
+    """BLOB values cut from one byte buffer by `sizes` (LARGE_BINARY when the offsets overflow int32)."""
+    off = offsets(sizes)
+    t = pa.large_binary() if off.type == pa.int64() else pa.binary()
+    bitmap, nulls = _validity(null)
+    return pa.Array.from_buffers(t, len(sizes), [bitmap, off.buffers()[1], pa.py_buffer(np.ascontiguousarray(data))],
+                                 null_count=nulls)
+
+
 def strings(values: Sequence[str | None]) -> pa.Array:
     """A UTF-8 string array (None -> null)."""
     return array_of(list(values), pa.string())

@@ -1,4 +1,5 @@
-"""`to_numpy`: a `load_bands` result (from fetchall, .df(), Arrow or a Python dict) as a NumPy array."""
+"""`to_numpy`: a `load_bands` or `load_bands_raw` result (from fetchall, .df(), Arrow or a Python dict) as a
+NumPy array."""
 
 from __future__ import annotations
 
@@ -24,11 +25,20 @@ def _as_mapping(result: Any) -> Mapping[str, Any]:
     raise TypeError(f"expected a load_bands result (STRUCT as dict / Arrow scalar), got {type(result).__name__}")
 
 
+def _blob(value: Any) -> Any:
+    """The bytes of a BLOB value (Python bytes, or a pyarrow BinaryScalar's buffer); None otherwise."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return value
+    as_buffer = getattr(value, "as_buffer", None)
+    return as_buffer() if callable(as_buffer) else None
+
+
 def to_numpy(result: Any, *, masked: bool = True) -> Any:
     """(bands, height, width) pixels in the raster's native dtype from one `load_bands` value.
 
-    `masked=True` gives a numpy.ma.MaskedArray masked where `valid` is false; `masked=False` gives
-    `(array, valid)` with `valid` of shape (height, width). None (a NULL result) gives None.
+    Also reads `load_bands_raw` values (BLOB pixels in `dtype`, a byte per pixel in `valid`) without
+    copying. `masked=True` gives a numpy.ma.MaskedArray masked where `valid` is false; `masked=False`
+    gives `(array, valid)` with `valid` of shape (height, width). None (a NULL result) gives None.
     """
     if result is None:
         return None
@@ -38,11 +48,21 @@ def to_numpy(result: Any, *, masked: bool = True) -> Any:
         raise ValueError(f"this load_bands result holds no pixels{': ' + str(err) if err else ''}")
     h, w = int(r["height"]), int(r["width"])
     dtype = np.dtype(str(r["dtype"])) if r.get("dtype") else None
-    bands = [np.asarray(b) for b in r["data"]]
+    cells = list(r["data"])
+    blobs = [_blob(b) for b in cells]
+    if blobs and blobs[0] is not None:
+        if dtype is None:
+            raise ValueError("a load_bands_raw result needs its dtype to read the bytes")
+        le = dtype.newbyteorder("<")
+        bands = [np.frombuffer(b, dtype=le).astype(dtype, copy=False) for b in blobs]
+    else:
+        bands = [np.asarray(b) for b in cells]
     data = np.stack(bands).reshape(len(bands), h, w) if bands else np.empty((0, h, w))
     if dtype is not None and data.dtype != dtype:
         data = data.astype(dtype)
-    valid = np.asarray(r["valid"], dtype=bool).reshape(h, w)
+    v = _blob(r["valid"])
+    valid = (np.frombuffer(v, dtype=np.uint8).astype(bool) if v is not None
+             else np.asarray(r["valid"], dtype=bool)).reshape(h, w)
     if not masked:
         return data, valid
     return np.ma.MaskedArray(data, mask=np.broadcast_to(~valid, data.shape).copy(),

@@ -59,6 +59,17 @@ def make_load_bands(state: State, dtype: str, *, safe: bool) -> Udf:
     return load_bands
 
 
+def make_load_bands_raw(state: State, *, safe: bool) -> Udf:
+    """load_bands_raw(record, geom, bands[, crs]): load_bands with BLOB pixels (safe: NULL + error)."""
+
+    def load_bands_raw(*args: Any) -> pa.Array:
+        _arity("load_bands_raw", args, 3, 4, "(record, geom, bands[, geom_crs])")
+        return K.load_bands_raw_arrow(args[0], args[1], args[2], geometry_crs=_crs_arg(args, 3),
+                                      on_error="null" if safe else "raise", context=state)
+
+    return load_bands_raw
+
+
 def make_zonal_stats(state: State) -> Udf:
     """zonal_stats(record, geom, band[, crs]): statistics of the valid pixels inside the AOI."""
 

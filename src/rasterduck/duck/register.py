@@ -8,6 +8,9 @@ WKB BLOB or WKT text in EPSG:4326 unless a trailing `geom_crs` argument says oth
     load_bands_safe(record, geom, bands[, geom_crs])  -> the same STRUCT plus `error VARCHAR`: a failing
                                                          row gives NULL fields and the error text
     load_bands_u8 | _i8 | _u16 | _i16 | _u32 | _i32 | _u64 | _i64 | _f32 | _f64   fixed pixel types
+    load_bands_raw(record, geom, bands[, geom_crs])   -> the same STRUCT with `data BLOB[]` (each band's
+                                                         little-endian bytes in `dtype`) and `valid BLOB`
+                                                         (a byte per pixel); load_bands_raw_safe adds `error`
     zonal_stats(record, geom, band[, geom_crs])       -> STRUCT(count, valid_count, min, max, mean, std, sum)
     pixel_values(record, point, bands[, geom_crs])    -> DOUBLE[] (NULL where nodata)
     raster_intersects(record, geom[, geom_crs])       -> BOOLEAN (footprint test)
@@ -42,7 +45,15 @@ from ..errors import CollectionError, RasterduckError
 from . import functions as F
 from .interrupt import cancel_on_interrupt, install_sigint_handler
 from .state import STATE_FUNCTION, AttachedCollection, LocalAccess, State, state_of
-from .types import PIXEL_TYPES, SEDONA_STATS_TYPE, ZONAL_TYPE, arrow_to_duck, pixel_dtype, result_type
+from .types import (
+    PIXEL_TYPES,
+    SEDONA_STATS_TYPE,
+    ZONAL_TYPE,
+    arrow_to_duck,
+    pixel_dtype,
+    raw_result_type,
+    result_type,
+)
 from .worker import on_python_thread
 
 try:  # duckdb >= 1.1
@@ -64,6 +75,8 @@ def _functions(state: State) -> list[tuple[str, Callable[..., Any], str]]:
     for dtype, (_duck, suffix) in PIXEL_TYPES.items():
         out.append((f"load_bands_{suffix}", F.make_load_bands(state, dtype, safe=False), result_type(dtype)))
     out += [
+        ("load_bands_raw", F.make_load_bands_raw(state, safe=False), raw_result_type()),
+        ("load_bands_raw_safe", F.make_load_bands_raw(state, safe=True), raw_result_type(safe=True)),
         ("zonal_stats", F.make_zonal_stats(state), ZONAL_TYPE),
         ("pixel_values", F.make_pixel_values(state), "DOUBLE[]"),
         ("raster_intersects", F.make_raster_intersects(state), "BOOLEAN"),

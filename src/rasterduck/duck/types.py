@@ -53,6 +53,18 @@ def result_type(dtype: str, *, safe: bool = False) -> str:
     return "STRUCT(" + ", ".join(fields) + ")"
 
 
+def raw_result_type(*, safe: bool = False) -> str:
+    """The STRUCT returned by load_bands_raw: load_bands' fields with `data BLOB[]` (one per band, the
+    pixels' little-endian bytes in `dtype`) and `valid BLOB` (a byte per pixel, 1 = valid)."""
+    fields = [
+        "bands VARCHAR[]", "height INTEGER", "width INTEGER", "transform DOUBLE[]", "crs VARCHAR",
+        "dtype VARCHAR", "nodata DOUBLE", "data BLOB[]", "valid BLOB",
+    ]
+    if safe:
+        fields.append("error VARCHAR")
+    return "STRUCT(" + ", ".join(fields) + ")"
+
+
 def _quote(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
