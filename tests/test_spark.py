@@ -52,13 +52,14 @@ class Site:
 
 
 @pytest.fixture(scope="module")
-def spark() -> Iterator[SparkSession]:
+def spark(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SparkSession]:
     old = os.environ.get("PYSPARK_PYTHON")
     os.environ["PYSPARK_PYTHON"] = sys.executable  # workers run this interpreter (rasterduck importable)
     session = (SparkSession.builder.master("local[2]").appName("rasterduck-tests")
                .config("spark.ui.enabled", "false")
                .config("spark.driver.host", "127.0.0.1").config("spark.driver.bindAddress", "127.0.0.1")
                .config("spark.sql.shuffle.partitions", "2")
+               .config("spark.sql.warehouse.dir", str(tmp_path_factory.mktemp("spark-warehouse")))  # not the cwd
                .config("spark.sql.execution.arrow.maxRecordsPerBatch", "5")  # several kernel calls per query
                .getOrCreate())
     session.sparkContext.setLogLevel("ERROR")

@@ -112,10 +112,14 @@ class Collection:
 
     # ---- persistence ---------------------------------------------------------------------------
     def to_parquet(self, path: str | Path, *, row_group_size: int = DEFAULT_ROW_GROUP) -> Path:
-        """Write one Parquet file (zstd, GeoParquet 1.1 `geo` metadata, small row groups)."""
+        """Write one Parquet file (Snappy, GeoParquet 1.1 `geo` metadata, small row groups).
+
+        Snappy, not zstd: a collection has ~40 leaf columns per band and pyarrow pays a zstd context per
+        column chunk, so opening an 8-scene collection took 5-15 ms with zstd and 3-5 ms with Snappy (2x
+        also at 4,000 rows) for files ~10 % larger."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(self.to_arrow(), path, compression="zstd", compression_level=3, row_group_size=row_group_size)
+        pq.write_table(self.to_arrow(), path, compression="snappy", row_group_size=row_group_size)
         return path
 
     def _schema_metadata(self) -> dict[bytes, bytes]:
