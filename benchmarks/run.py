@@ -223,32 +223,37 @@ def main(argv: list[str] | None = None) -> int:
         entry: dict[str, Any] = {"scenario": name, "latency": lat, "kind": kind, "bound": b, "readers": {},
                                  "pairs": sum(len(i) for _, i in spec.get("pairs", [])),
                                  "files": len(spec.get("records") or spec.get("scenes") or []) * len(spec["bands"])}
-        for rname in readers:
-            reader = harness.READERS[rname]
-            reader_runs = []
-            checks = []
-            for k in range(runs):
+        # rounds, not reader after reader: run k of every reader, then run k + 1 of every reader, so that a
+        # slow spell of a shared machine hits all readers alike and the ratios between them hold
+        reader_runs: dict[str, list[dict[str, Any]]] = {r: [] for r in readers}
+        checks: dict[str, list[dict[str, Any]]] = {r: [] for r in readers}
+        active = list(readers)
+        for k in range(runs):
+            for rname in list(active):
+                reader = harness.READERS[rname]
                 res = run_least_contended(reader, spec_path, root, port, lat, args, quiet_wait)
                 if "error" in res:  # one more try: a rare crash should not void the cell (it is logged)
                     log(f"{name} @{lat * 1000:.0f} ms {rname}: run failed, retrying once: "
                         f"{(res.get('traceback') or res['error'])[-800:]}")
                     res = run_least_contended(reader, spec_path, root, port, lat, args, quiet_wait)
                 if "hashes" in res:
-                    checks.append(harness.compare(reference, res.pop("hashes")))
-                reader_runs.append(res)
+                    checks[rname].append(harness.compare(reference, res.pop("hashes")))
+                reader_runs[rname].append(res)
                 if "skipped" in res or "error" in res:
-                    break
+                    active.remove(rname)
+                    continue
                 log(f"{name} @{lat * 1000:.0f} ms {rname} run {k + 1}: work {res['work_s']:.3f} s, wall "
                     f"{res['wall_s']:.3f} s, {res['server']['requests']} req, {res['server']['bytes'] / 1e6:.1f} MB, "
                     f"other processes {res['other_cpu_s']:.2f} CPU s")
-            summary = harness.summarize(reader_runs)
-            if checks and not reference:
+        for rname in readers:
+            summary = harness.summarize(reader_runs[rname])
+            if checks[rname] and not reference:
                 summary["status"] = "unchecked"
                 summary["reason"] = "the rasterio/GDAL reference failed; times not counted"
-            elif checks:
-                summary["check"] = checks[0]
-                if not all(c["ok"] for c in checks):
-                    bad = next(c for c in checks if not c["ok"])
+            elif checks[rname]:
+                summary["check"] = checks[rname][0]
+                if not all(c["ok"] for c in checks[rname]):
+                    bad = next(c for c in checks[rname] if not c["ok"])
                     summary["check"] = bad
                     summary["status"] = "pixels differ"
             if summary["status"] != "ok":
