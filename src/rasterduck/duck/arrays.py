@@ -36,8 +36,8 @@ def _blob(value: Any) -> Any:
 def to_numpy(result: Any, *, masked: bool = True) -> Any:
     """(bands, height, width) pixels in the raster's native dtype from one `load_bands` value.
 
-    Also reads `load_bands_raw` values (BLOB pixels in `dtype`, a byte per pixel in `valid`) without
-    copying. `masked=True` gives a numpy.ma.MaskedArray masked where `valid` is false; `masked=False`
+    Also reads `load_bands_raw` values (BLOB pixels in `dtype`, a byte per pixel in `valid`).
+    `masked=True` gives a numpy.ma.MaskedArray masked where `valid` is false; `masked=False`
     gives `(array, valid)` with `valid` of shape (height, width). None (a NULL result) gives None.
     """
     if result is None:

@@ -41,7 +41,7 @@ FUNCTIONS: list[Entry] = [
     Entry("load_bands_raw(record, geom, bands[, geom_crs]) / load_bands_raw_safe",
           "the load_bands STRUCT with data BLOB[] (each band's pixels as little-endian bytes of `dtype`, "
           "row-major) and valid BLOB (a byte per pixel, 1 = valid): several times cheaper to fetch than lists "
-          "for large results, and every row keeps its native dtype; rasterduck.to_numpy reads it without a copy",
+          "for large results, and every row keeps its native dtype; rasterduck.to_numpy reads it too",
           f"SELECT px.dtype, octet_length(px.data[1]) AS nbytes, px.height * px.width AS pixels "
           f"FROM (SELECT load_bands_raw(r, {AOI}, ['b1']) AS px {ONE})"),
     Entry("zonal_stats(record, geom, band[, geom_crs])",

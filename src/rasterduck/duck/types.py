@@ -41,28 +41,26 @@ def duck_pixel_type(dtype: str | np.dtype) -> str:
     return PIXEL_TYPES[pixel_dtype(dtype)][0]
 
 
-def result_type(dtype: str, *, safe: bool = False) -> str:
-    """The STRUCT returned by load_bands with pixels of `dtype` (safe: plus an `error` field)."""
-    t = duck_pixel_type(dtype)
+def _pixels_struct(data: str, valid: str, safe: bool) -> str:
+    """The load_bands STRUCT with the given `data` and `valid` types (safe: plus an `error` field)."""
     fields = [
         "bands VARCHAR[]", "height INTEGER", "width INTEGER", "transform DOUBLE[]", "crs VARCHAR",
-        "dtype VARCHAR", "nodata DOUBLE", f"data {t}[][]", "valid BOOLEAN[]",
+        "dtype VARCHAR", "nodata DOUBLE", f"data {data}", f"valid {valid}",
     ]
     if safe:
         fields.append("error VARCHAR")
     return "STRUCT(" + ", ".join(fields) + ")"
+
+
+def result_type(dtype: str, *, safe: bool = False) -> str:
+    """The STRUCT returned by load_bands with pixels of `dtype` (safe: plus an `error` field)."""
+    return _pixels_struct(f"{duck_pixel_type(dtype)}[][]", "BOOLEAN[]", safe)
 
 
 def raw_result_type(*, safe: bool = False) -> str:
     """The STRUCT returned by load_bands_raw: load_bands' fields with `data BLOB[]` (one per band, the
     pixels' little-endian bytes in `dtype`) and `valid BLOB` (a byte per pixel, 1 = valid)."""
-    fields = [
-        "bands VARCHAR[]", "height INTEGER", "width INTEGER", "transform DOUBLE[]", "crs VARCHAR",
-        "dtype VARCHAR", "nodata DOUBLE", "data BLOB[]", "valid BLOB",
-    ]
-    if safe:
-        fields.append("error VARCHAR")
-    return "STRUCT(" + ", ".join(fields) + ")"
+    return _pixels_struct("BLOB[]", "BLOB", safe)
 
 
 def _quote(name: str) -> str:
