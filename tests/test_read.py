@@ -439,9 +439,16 @@ def test_band_problems_are_named(tmp_path: Path, make_server: Callable[..., Any]
     coll = rasterduck.build_collection([srv.url("one.tif")])
     with pytest.raises(BandNotFoundError, match="nope"):
         band_sources(next(coll.iterate_rasters()), ["nope"])
+    write_cog(tmp_path / "wide.tif", width=192, height=128, block=64)
     mixed = [sources_of(srv.url("one.tif"))[0], sources_of(srv.url("two.tif"))[0]]
-    (r,) = read([ReadRequest("mixed", world_box(1, 1, 9, 9), "EPSG:32633", mixed)], backend)
-    assert isinstance(r, RasterduckError) and "dtypes" in str(r) and r.record_id == "mixed"
+    grids = [sources_of(srv.url("one.tif"))[0], sources_of(srv.url("wide.tif"))[0]]
+    # pairs of one record share their band list: every pair still gets the error
+    got = read([ReadRequest("mixed", world_box(1, 1, 9, 9), "EPSG:32633", mixed),
+                ReadRequest("mixed", world_box(2, 2, 9, 9), "EPSG:32633", mixed),
+                ReadRequest("grids", world_box(1, 1, 9, 9), "EPSG:32633", grids)], backend)
+    assert all(isinstance(r, RasterduckError) for r in got)
+    assert ["dtypes" in str(r) for r in got] == [True, True, False] and "different grids" in str(got[2])
+    assert [r.record_id for r in got] == ["mixed", "mixed", "grids"]  # type: ignore[union-attr]
 
 
 # ------------------------------------------------------------------------------------------------

@@ -232,13 +232,16 @@ class _Planner:
         self._misses: dict[tuple[Any, ...], str | None] = {}
         self._windows: dict[tuple[Any, ...], Window | None] = {}
         self._fills: dict[tuple[str, str], np.generic] = {}
+        self._same_grid: dict[int, list[BandSource]] = {}  # band lists already checked (kept alive here)
 
     def job(self, index: int, req: ReadRequest) -> _Job | None:
         """Window, AOI mask and mask kind of one request; None when it misses the raster."""
         if not req.bands:
             raise RasterduckError("no bands requested", record_id=req.record_id)
         meta = req.bands[0].meta
-        _check_same_grid(req)
+        if len(req.bands) > 1 and id(req.bands) not in self._same_grid:
+            _check_same_grid(req)
+            self._same_grid[id(req.bands)] = req.bands  # a join's rows of one record share this list
         raw = True
         aoi = None
         if req.window is not None:
@@ -728,8 +731,14 @@ def rasterize_aois(jobs: Sequence[_Job | BaseException | None]) -> None:
 def _check_budget(jobs: Sequence[_Job | BaseException | None], budget: int | None) -> None:
     if budget is None:
         return
-    total = sum(len(j.req.bands) * j.window.width * j.window.height * np.dtype(j.meta.dtype).itemsize
-                for j in jobs if isinstance(j, _Job))
+    sizes: dict[str, int] = {}
+    total = 0
+    for j in jobs:
+        if isinstance(j, _Job):
+            size = sizes.get(j.meta.dtype)
+            if size is None:
+                size = sizes[j.meta.dtype] = np.dtype(j.meta.dtype).itemsize
+            total += len(j.req.bands) * j.window.width * j.window.height * size
     if total > budget:
         raise PixelBudgetExceeded(
             f"this call would read {total / 1e6:.1f} MB of pixels, over the budget of {budget / 1e6:.1f} MB; "
