@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import rasterduck
@@ -90,6 +91,15 @@ def test_stock_cli_runs_the_readme_join_through_rasterduck_serve(served: tuple[s
     expected = rasterio_pixels(corpus_path("rio-tiler/cog.tif"), aois[0])
     assert expected is not None
     assert json.loads(out.stdout) == [{"m": int(expected["data"][0][expected["valid"]].max())}]
+    # load_bands_raw's BLOBs cross the wire intact: the CLI's hex of band 1 is rasterio's little-endian bytes
+    call3 = (f"quack_query('quack:127.0.0.1:{port}', 'SELECT load_bands_raw(r, ''{aois[0].wkt}'', [''b1'']) "
+             f"AS px FROM coll r', token := '{TOKEN}', disable_ssl := true)")
+    out = run_cli(f"{load} SELECT hex(px.data[1]) AS d, hex(px.valid) AS v, px.dtype AS t FROM {call3};")
+    assert out.returncode == 0, out.stderr
+    [raw] = json.loads(out.stdout)
+    assert raw["t"] == "uint16"
+    assert bytes.fromhex(raw["d"]) == expected["data"][0].astype("<u2").tobytes()
+    assert bytes.fromhex(raw["v"]) == expected["valid"].astype(np.uint8).tobytes()
     proc.send_signal(signal.SIGTERM)
     assert "rasterduck: stopped" in _read_until(proc, "stopped")
     assert proc.wait(30) == 0
