@@ -50,6 +50,17 @@ def test_binaries_cut_one_buffer() -> None:
     assert ab.binaries(sizes, data, null).equals(pa.array([b"abc", b"", None, b"defgh"], pa.binary()))
 
 
+def test_validity_and_float_values_read_the_buffers() -> None:
+    arr = pa.array([1, None, 3, 4, None, 6], pa.int32())
+    for a in (arr, arr.slice(1, 4), pa.array([1.5, 2.5])):
+        want = [None if v is None else float(v) for v in a.to_pylist()]
+        got = ab.float_values(a)
+        assert [None if np.isnan(v) else v for v in got.tolist()] == want
+        assert ab.validity(a).tolist() == [v is not None for v in a.to_pylist()]
+    st = pa.array([{"x": 1.0}, None, {"x": 3.0}], pa.struct([("x", pa.float64())]))
+    assert ab.validity(st).tolist() == [True, False, True] and ab.validity(st.slice(1)).tolist() == [False, True]
+
+
 def test_offsets_switch_to_large_lists() -> None:
     sizes = np.array([2**30, 2**30, 5], dtype=np.int64)
     off = ab.offsets(sizes)

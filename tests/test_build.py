@@ -324,9 +324,10 @@ def test_built_table_is_what_collection_derives(server) -> None:
     assert rasterduck.Collection(as_text).to_arrow().equals(raw)
 
 
-def test_build_does_not_import_pandas(server, tmp_path: Path) -> None:
-    """pa.array's first call imports pandas (~0.2 s, most of a small build): a build and its Parquet
-    write must not make any."""
+def test_build_and_read_do_not_import_pandas(server, tmp_path: Path) -> None:
+    """pa.array's first call imports pandas (~0.2 s, most of a small build), and so do `to_numpy` of an
+    array with nulls and compute kernels given NumPy scalars: a build, its Parquet write, opening the
+    collection and reading from it must not make any."""
     code = (
         "import sys, rasterduck\n"
         f"items = [{{'id': 'a', 'geometry': None, 'properties': {{'datetime': '2020-01-01T00:00:00Z', 'x': 1}},"
@@ -334,6 +335,10 @@ def test_build_does_not_import_pandas(server, tmp_path: Path) -> None:
         f"c = rasterduck.build_collection(stac=items)\n"
         f"c.to_parquet({str(tmp_path / 'c.parquet')!r})\n"
         "assert c.errors() == [], c.errors()\n"
+        "import shapely\n"
+        f"o = rasterduck.open_collection({str(tmp_path / 'c.parquet')!r})\n"
+        "g = shapely.box(*next(o.iterate_rasters()).info.bbox).centroid.buffer(0.01)\n"
+        "assert len(o.read([g], ['b'])) == 1\n"
         "print('pandas' in sys.modules)\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT,
                           env={"PYTHONPATH": str(REPO_ROOT / "src"), "PATH": "/usr/bin:/bin"}, timeout=120)

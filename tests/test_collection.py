@@ -116,3 +116,61 @@ def test_broken_collections_fail_clearly(tmp_path: Path) -> None:
         rasterduck.Collection(bad)
     with pytest.raises(FileNotFoundError):
         rasterduck.open_collection(tmp_path / "nope.parquet")
+
+
+def _with_bboxes(coll: rasterduck.Collection, boxes: list[tuple[float, float, float, float] | None]
+                 ) -> rasterduck.Collection:
+    """`coll`'s first record repeated once per box, each with that bbox (None: no bbox) and its own id."""
+    first = coll.to_arrow().slice(0, 1)
+    table = pa.concat_tables([first] * len(boxes))
+    bbox_type = table.schema.field("bbox").type
+    bbox = pa.array([None if b is None else dict(zip(("xmin", "ymin", "xmax", "ymax"), b, strict=True))
+                     for b in boxes], bbox_type)
+    table = table.set_column(table.schema.get_field_index("bbox"), "bbox", bbox)
+    table = table.set_column(table.schema.get_field_index("id"), "id", pa.array([f"r{i}" for i in range(len(boxes))]))
+    return rasterduck.Collection(table, name="boxes")
+
+
+def test_overlapping_records_equal_a_brute_force_bbox_test(built: rasterduck.Collection) -> None:
+    import numpy as np
+
+    rng = np.random.default_rng(7)
+    lo = rng.uniform(-50, 50, (300, 2))
+    boxes: list[tuple[float, float, float, float] | None] = [
+        (float(x), float(y), float(x + w), float(y + h)) for (x, y), (w, h) in zip(lo, rng.uniform(0, 5, (300, 2)),
+                                                                                  strict=True)]
+    boxes[5] = None  # a record without a bbox never matches a located AOI
+    boxes[6] = (1.0, 1.0, 1.0, 1.0)  # a degenerate box
+    coll = _with_bboxes(built, boxes)
+    aois = [(0.0, 0.0, 1.0, 1.0), (10.0, 10.0, 10.0, 10.0), (-49.0, 20.0, -30.0, 22.0), (200.0, 0.0, 201.0, 1.0)]
+    for query in ([a] for a in aois):
+        want = [i for i, b in enumerate(boxes)
+                if b is not None and b[2] >= query[0][0] and b[0] <= query[0][2] and b[3] >= query[0][1]
+                and b[1] <= query[0][3]]
+        assert coll.overlapping(query).tolist() == want
+    assert 6 in coll.overlapping([(0.0, 0.0, 1.0, 1.0)]).tolist()  # touching edges count
+    assert coll.overlapping([None]).tolist() == [i for i, b in enumerate(boxes) if b is not None]
+    assert coll.overlapping([]).tolist() == []
+    assert [a.id for a in coll.rasters_at([7, 2])] == ["r2", "r7"]
+    many = list(range(299, 19, -1))  # 280 rows
+    assert [a.id for a in coll.rasters_at(many)] == [f"r{i}" for i in sorted(many)]  # > 256 rows: by batches
+    assert coll.record_ids()[:3] == ["r0", "r1", "r2"] and coll.record_crs()[0] == next(coll.iterate_rasters()).info.crs
+
+
+def test_read_converts_only_records_near_the_aois(built: rasterduck.Collection, monkeypatch: pytest.MonkeyPatch
+                                                  ) -> None:
+    """A read of one field from a large collection converts only the records whose bbox meets it."""
+    from rasterduck.core.accessor import RasterInfo
+
+    real = next(built.iterate_rasters())
+    assert real.info.bbox is not None
+    far = [(real.info.bbox[0] + 20 + i % 100, real.info.bbox[1], real.info.bbox[2] + 20 + i % 100, real.info.bbox[3])
+           for i in range(5000)]
+    coll = _with_bboxes(built, [*far[:2500], real.info.bbox, *far[2500:]])
+    converted: list[str] = []
+    original = RasterInfo.from_row.__func__  # type: ignore[attr-defined]
+    monkeypatch.setattr(RasterInfo, "from_row", classmethod(lambda cls, row: converted.append(row["id"])
+                                                           or original(cls, row)))
+    g = shapely.box(*real.info.bbox).centroid.buffer(0.001)
+    results = coll.read([g], ["b1"])
+    assert [r.record_id for r in results] == ["r2500"] and converted == ["r2500"]

@@ -81,6 +81,24 @@ def binaries(sizes: np.ndarray, data: np.ndarray, null: np.ndarray | None = None
                                  null_count=nulls)
 
 
+def validity(arr: pa.Array) -> np.ndarray:
+    """True where `arr` (its own level, not its children) is not null, read from the validity bitmap."""
+    buf = arr.buffers()[0]
+    if buf is None or arr.null_count == 0:
+        return np.ones(len(arr), dtype=bool)
+    bits = np.unpackbits(np.frombuffer(buf, dtype=np.uint8), bitorder="little")
+    return bits[arr.offset : arr.offset + len(arr)].astype(bool)
+
+
+def float_values(arr: pa.Array) -> np.ndarray:
+    """Float64 values of a numeric array, NaN where null (read from the buffers: pyarrow's `to_numpy` of
+    an array with nulls imports pandas, ~0.15 s in a fresh process)."""
+    a = arr.cast(pa.float64())
+    out = np.frombuffer(a.buffers()[1], dtype=np.float64)[a.offset : a.offset + len(a)].copy()
+    out[~validity(a)] = np.nan
+    return out
+
+
 def strings(values: Sequence[str | None]) -> pa.Array:
     """A UTF-8 string array (None -> null)."""
     return array_of(list(values), pa.string())
