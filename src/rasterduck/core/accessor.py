@@ -9,6 +9,7 @@ from typing import Any
 
 from .bands import candidates
 from .metadata import CogMetadata
+from .schema import record_crs
 
 
 @dataclass
@@ -29,10 +30,7 @@ class RasterInfo:
     def from_row(cls, row: dict[str, Any]) -> RasterInfo:
         """Build from a collection row as Python values (missing optional columns are fine)."""
         bbox = row.get("bbox")
-        crs = row.get("crs")
-        epsg = row.get("proj:epsg")
-        if epsg is not None:
-            crs = f"EPSG:{int(epsg)}"
+        crs = record_crs(row.get("proj:epsg"), row.get("crs"))
         assets = {k: v for k, v in (row.get("assets") or {}).items() if v}
         metas = {k[: -len("_metadata")]: v for k, v in row.items() if k.endswith("_metadata") and v}
         return cls(

@@ -16,7 +16,7 @@ import shapely
 
 from ..errors import CollectionError
 from .arrowbuild import array_of, float_values, validity
-from .schema import BBOX_TYPE, GEOMETRY_FIELD, METADATA_SUFFIX, band_columns, validate
+from .schema import BBOX_TYPE, GEOMETRY_FIELD, METADATA_SUFFIX, band_columns, record_crs, validate
 
 if TYPE_CHECKING:
     from .accessor import RasterAccessor
@@ -159,7 +159,7 @@ class Collection:
         names = self._table.column_names
         crs = self._table["crs"].to_pylist() if "crs" in names else [None] * n
         epsg = self._table["proj:epsg"].to_pylist() if "proj:epsg" in names else [None] * n
-        return [f"EPSG:{int(e)}" if e is not None else c for e, c in zip(epsg, crs, strict=True)]
+        return [record_crs(e, c) for e, c in zip(epsg, crs, strict=True)]
 
     def read(self, geometries: Any, bands: Sequence[str], **kw: Any) -> list[Any]:
         """Read `bands` under every AOI from every record whose footprint it overlaps, as one planned batch

@@ -33,6 +33,7 @@ from .geometry import to_shapely, transform_geometry, wkb_array_to_shapely
 from .metadata import CogMetadata
 from .rasterize import geometry_mask
 from .read import DEFAULT_PIXEL_BUDGET, BandSource, ReadRequest, ReadResult, read_batch
+from .schema import record_crs
 
 T = TypeVar("T")
 K = TypeVar("K", bound=Hashable)
@@ -164,8 +165,7 @@ class ChunkRecords:
             self.ids = [f"row{i}" for i in range(n)]
         epsg = arr.field("proj:epsg").to_pylist() if "proj:epsg" in self.names else [None] * n
         crs = arr.field("crs").to_pylist() if "crs" in self.names else [None] * n
-        self.crs: list[str | None] = [f"EPSG:{int(e)}" if e is not None else (str(c) if c else None)
-                                      for e, c in zip(epsg, crs, strict=True)]
+        self.crs: list[str | None] = [str(c) if c else None for c in map(record_crs, epsg, crs)]
         sources = list(dict.fromkeys(data_sources))
         if "collection" in self.names:
             sources = [str(v) for v in dict.fromkeys(arr.field("collection").to_pylist()) if v] + sources

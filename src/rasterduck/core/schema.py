@@ -44,6 +44,11 @@ GEOMETRY_FIELD = pa.field(
 )
 
 
+def record_crs(epsg: int | None, crs: str | None) -> str | None:
+    """A record's raster CRS: 'EPSG:n' from its `proj:epsg`, else its `crs` column as stored."""
+    return f"EPSG:{int(epsg)}" if epsg is not None else crs
+
+
 def band_columns(schema: pa.Schema) -> list[str]:
     """Band codes that have a `{band}_metadata` column."""
     return [n[: -len(METADATA_SUFFIX)] for n in schema.names if n.endswith(METADATA_SUFFIX)]
