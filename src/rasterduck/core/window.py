@@ -80,7 +80,8 @@ def geometry_windows(geoms: Sequence[BaseGeometry], transform: Iterable[float], 
     if len(coords) == 0:
         return out
     inv = affine_inverse(as_affine6(transform))
-    cols, rows = apply(inv, coords[:, 0], coords[:, 1])
+    with np.errstate(invalid="ignore", over="ignore"):  # non-finite results are this function's GeometryError
+        cols, rows = apply(inv, coords[:, 0], coords[:, 1])
     counts = np.bincount(owner, minlength=len(geoms))
     present = np.flatnonzero(counts)
     starts = np.concatenate(([0], np.cumsum(counts)[:-1]))[present]  # coordinates come grouped by owner
