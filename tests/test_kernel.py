@@ -19,12 +19,12 @@ import rasterduck
 from rasterduck.core import kernel as K
 from rasterduck.errors import BandNotFoundError, RasterduckError
 
-from ._paths import testdata_dir
+from ._paths import testdata_dir as shared_testdata
 from .httpserver import RangeServer
 from .test_duck_helpers import aois_for, assert_result_matches, from_4326
 from .test_duck_helpers import rasterio_pixels as _rasterio_pixels
 
-RASTERET = testdata_dir() / "collections" / "rasteret-0.4.1-corpus"
+RASTERET = shared_testdata() / "collections" / "rasteret-0.4.1-corpus"
 FILES = {"cog-u16": "rio-tiler/cog.tif", "cog-i16": "rio-tiler/cog_int16.tif", "web-u16-pred2": "rio-tiler/web.tif",
          "rgb-lzw": "rasterio/rgb_lzw.tif", "f2r23-lzw": "gdal/f2r23.tif", "shade": "rasterio/shade.tif",
          "inverted-lat": "rio-tiler/inverted_lat.tif"}
@@ -45,7 +45,7 @@ def rasterio_pixels(path: Path, geom4326: BaseGeometry) -> dict | None:
 
 
 def _path(rid: str) -> Path:
-    return testdata_dir() / "geotiff" / FILES[rid]
+    return shared_testdata() / "geotiff" / FILES[rid]
 
 
 def _bands(rid: str) -> list[str]:
@@ -279,3 +279,72 @@ def test_raw_array_bytes_nulls_and_errors() -> None:
         assert {k: raw[k] for k in ("bands", "height", "width", "transform", "crs", "dtype", "nodata")} == \
             {k: lst[k] for k in ("bands", "height", "width", "transform", "crs", "dtype", "nodata")}
         assert [bool(v) for v in raw["valid"]] == lst["valid"]
+
+
+def test_joined_is_a_view_only_for_back_to_back_parts() -> None:
+    slab = np.arange(20, dtype=np.uint16)
+    parts = [slab[0:6], slab[6:7], slab[7:15]]
+    out = K.joined(parts, np.dtype(np.uint16))
+    assert np.shares_memory(out, slab) and out.tolist() == list(range(15))
+    gap = K.joined([slab[0:6], slab[8:10]], np.dtype(np.uint16))  # a failed row's place left empty
+    assert not np.shares_memory(gap, slab) and gap.tolist() == [0, 1, 2, 3, 4, 5, 8, 9]
+    swapped = K.joined([slab[6:8], slab[0:6]], np.dtype(np.uint16))
+    assert not np.shares_memory(swapped, slab) and swapped.tolist() == [6, 7, 0, 1, 2, 3, 4, 5]
+    wider = K.joined(parts, np.dtype(np.int32))  # another pixel type: copied with a safe cast
+    assert wider.dtype == np.int32 and wider.tolist() == list(range(15))
+    as_bytes = K.joined([p.view(np.uint8) for p in parts], np.dtype(np.uint8))
+    assert np.shares_memory(as_bytes, slab) and as_bytes.tobytes() == slab[:15].tobytes()
+    other = np.arange(3, dtype=np.uint16)
+    assert K.joined([slab[0:2], other], np.dtype(np.uint16)).tolist() == [0, 1, 0, 1, 2]
+    assert K.joined([], np.dtype(np.float32)).dtype == np.float32
+    with pytest.raises(TypeError):
+        K.joined([np.arange(3, dtype=np.int16)], np.dtype(np.uint16))  # never an unsafe cast
+
+
+def test_packed_reads_equal_unpacked_and_share_buffers(records: dict[str, pa.StructArray],
+                                                       http_server: RangeServer) -> None:
+    """A packed read gives the same results, each dtype's pixels back to back in row order, and a row
+    that fails mid-read (a missing file) leaves a gap that the join copies around."""
+    broken = rasterduck.open_collection(RASTERET).rewrite_hrefs({"geotiff/": http_server.url("missing/")})
+    table = broken.to_arrow()
+    gone = table.combine_chunks().to_struct_array().combine_chunks().slice(table["id"].to_pylist().index("cog-u16"), 1)
+    recs, geoms, _ids, bands = _pairs(records, ["cog-u16", "rgb-lzw", "cog-i16", "web-u16-pred2"])
+    g = aois_for(_path("cog-u16"))[0]
+    cut = 5
+    recs = pa.concat_arrays([recs.slice(0, cut), gone, recs.slice(cut)])
+    geoms = [*geoms[:cut], g, *geoms[cut:]]
+    band_lists = [*bands.to_pylist()[:cut], ["b1"], *bands.to_pylist()[cut:]]
+    kernel = K.Kernel()
+    chunk = K.ChunkRecords(recs, kernel.cache)
+    crs = ["EPSG:4326"] * len(geoms)
+    plain = K.read_pairs(kernel, chunk, geoms, band_lists, crs)
+    packed = K.read_pairs(kernel, chunk, geoms, band_lists, crs, packed=True)
+    assert isinstance(packed[cut], RasterduckError) and isinstance(plain[cut], RasterduckError)
+    ok = [i for i, r in enumerate(packed) if isinstance(r, K.ReadResult)]
+    assert len(ok) >= 8
+    for i in ok:
+        a, b = plain[i], packed[i]
+        assert isinstance(a, K.ReadResult) and isinstance(b, K.ReadResult)
+        np.testing.assert_array_equal(a.data, b.data)
+        np.testing.assert_array_equal(a.valid, b.valid)
+        assert (a.bands, a.transform, a.crs, a.dtype, a.nodata) == (b.bands, b.transform, b.crs, b.dtype, b.nodata)
+    results = {i: r for i, r in enumerate(packed) if isinstance(r, K.ReadResult)}
+    plain_results = {i: r for i, r in enumerate(plain) if isinstance(r, K.ReadResult)}
+    u16 = {i: r for i, r in results.items() if r.dtype == "uint16"}
+    bases = {id(r.data.base) for r in u16.values() if r.data.base is not None}
+    assert len(bases) == 1 and all(r.data.base is not None for r in u16.values())  # one buffer per dtype
+    assert all(r.data.base is None for r in plain_results.values())
+    before = [r.data.reshape(-1) for i, r in u16.items() if i < cut]
+    assert len(before) >= 2 and np.shares_memory(K.joined(before, np.dtype(np.uint16)), before[0])
+    after = [r.data.reshape(-1) for i, r in u16.items()]  # across the failed row's gap: a copy
+    assert not np.shares_memory(K.joined(after, np.dtype(np.uint16)), after[0])
+    whole = K.joined([r.valid.reshape(-1) for r in results.values()], np.dtype(bool))
+    np.testing.assert_array_equal(whole, np.concatenate([r.valid.reshape(-1) for r in plain_results.values()]))
+    for safe in (True, False):
+        if safe:
+            assert K.load_bands_raw_array(packed, safe=True).equals(K.load_bands_raw_array(plain, safe=True))
+            assert K.load_bands_array(packed, np.dtype(np.float64), safe=True).equals(
+                K.load_bands_array(plain, np.dtype(np.float64), safe=True))
+        else:
+            with pytest.raises(RasterduckError, match="cog-u16"):
+                K.load_bands_array(packed, np.dtype(np.float64), safe=False)

@@ -452,12 +452,13 @@ def process_kernel(*, allow_local: bool | Sequence[str] = False, max_concurrent:
 
 # ---- reading ---------------------------------------------------------------------------------------
 def read_pairs(ctx: KernelContext, recs: ChunkRecords, geoms: Sequence[Geom], bands: Sequence[Sequence[str] | None],
-               crs: Sequence[str | None], *, all_touched: bool = False, pixel_budget: int | None = _UNSET
-               ) -> list[Row]:
+               crs: Sequence[str | None], *, all_touched: bool = False, pixel_budget: int | None = _UNSET,
+               packed: bool = False) -> list[Row]:
     """One read_batch over every (record, AOI, bands) row of the call; per row a result, None or error.
 
     Rows with a NULL record, AOI or band list give None (SQL NULL); a `crs` entry of None means the AOI is
-    already in the raster's CRS."""
+    already in the raster's CRS. `packed`: the results' arrays lie back to back in shared buffers, in
+    row order (for a caller that joins them all, see `joined`)."""
     n = len(recs)
     out: list[Row] = [None] * n
     # joins repeat each AOI for every record: the read kernel moves each distinct AOI once per CRS pair
@@ -485,7 +486,7 @@ def read_pairs(ctx: KernelContext, recs: ChunkRecords, geoms: Sequence[Geom], ba
         where.append(i)
     if reqs:
         budget = ctx.pixel_budget if pixel_budget is _UNSET else pixel_budget
-        results = ctx.run(read_batch(reqs, ctx.backend, pixel_budget=budget))
+        results = ctx.run(read_batch(reqs, ctx.backend, pixel_budget=budget, packed=packed))
         for i, req, r in zip(where, reqs, results, strict=True):
             out[i] = with_band(r, req) if isinstance(r, BaseException) else r
     return out
@@ -617,14 +618,33 @@ def load_bands_array(rows: Sequence[Row], target: np.dtype, *, safe: bool,
     ok, kinds, errors = _classify(rows, safe, check)
     good = kinds == 0
     nb, hw = _sizes(ok, good)
-    if ok:
-        values = np.concatenate([r.data.reshape(-1) for r in ok], dtype=target, casting="safe")
-        valid = np.concatenate([r.valid.reshape(-1) for r in ok])
-    else:
-        values = np.empty(0, dtype=target)
-        valid = np.empty(0, dtype=bool)
+    values = joined([r.data.reshape(-1) for r in ok], target)
+    valid = joined([r.valid.reshape(-1) for r in ok], np.dtype(bool))
     data = ab.lists(nb, ab.lists(np.repeat(hw[good], nb[good]), ab.numeric(values)), ~good)
     return _result_struct(ok, kinds, errors, safe, nb, data, ab.lists(hw, ab.booleans(valid), ~good))
+
+
+def _address(a: np.ndarray) -> int:
+    return int(a.__array_interface__["data"][0])
+
+
+def joined(parts: Sequence[np.ndarray], dtype: np.dtype) -> np.ndarray:
+    """1-D `parts` end to end as one `dtype` array: a view of their buffer when they already lie back to
+    back in it (a packed read), else a copy (cast safely to `dtype`)."""
+    if not parts:
+        return np.empty(0, dtype=dtype)
+    base = parts[0].base
+    if (isinstance(base, np.ndarray) and base.ndim == 1 and base.flags.c_contiguous
+            and all(p.base is base and p.dtype == dtype and p.flags.c_contiguous for p in parts)):
+        start = end = _address(parts[0])
+        for p in parts:
+            if _address(p) != end:
+                break
+            end += p.nbytes
+        else:
+            first = start - _address(base)
+            return base.view(np.uint8)[first:first + end - start].view(dtype)
+    return np.concatenate(parts, dtype=dtype, casting="safe")
 
 
 def _little_endian_bytes(a: np.ndarray) -> np.ndarray:
@@ -640,14 +660,9 @@ def load_bands_raw_array(rows: Sequence[Row], *, safe: bool) -> pa.StructArray:
     ok, kinds, errors = _classify(rows, safe, lambda r: None)
     good = kinds == 0
     nb, hw = _sizes(ok, good)
-    if ok:
-        band_bytes = np.array([r.height * r.width * r.data.dtype.itemsize for r in ok for _ in r.bands],
-                              dtype=np.int64)
-        data_buf = np.concatenate([_little_endian_bytes(r.data) for r in ok])
-        valid_buf = np.concatenate([r.valid.reshape(-1) for r in ok]).view(np.uint8)
-    else:
-        band_bytes = np.empty(0, dtype=np.int64)
-        data_buf = valid_buf = np.empty(0, dtype=np.uint8)
+    band_bytes = np.array([r.height * r.width * r.data.dtype.itemsize for r in ok for _ in r.bands], dtype=np.int64)
+    data_buf = joined([_little_endian_bytes(r.data) for r in ok], np.dtype(np.uint8))
+    valid_buf = joined([r.valid.reshape(-1) for r in ok], np.dtype(bool)).view(np.uint8)
     data = ab.lists(nb, ab.binaries(band_bytes, data_buf), ~good)
     return _result_struct(ok, kinds, errors, safe, nb, data, ab.binaries(hw, valid_buf, ~good))
 
@@ -763,7 +778,7 @@ def _load_rows(records: pa.StructArray | pa.ChunkedArray, geoms: pa.Array | pa.C
     n = len(recs)
     crs = geometry_crs_values(geometry_crs, n, geoms)
     return read_pairs(ctx, recs, parse_geoms(geoms), band_lists(bands, n), crs, all_touched=all_touched,
-                      pixel_budget=pixel_budget)
+                      pixel_budget=pixel_budget, packed=True)
 
 
 def load_bands_arrow(records: pa.StructArray | pa.ChunkedArray, geoms: pa.Array | pa.ChunkedArray, bands: BandsArg,

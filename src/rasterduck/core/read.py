@@ -180,6 +180,9 @@ class _Job:
     data: np.ndarray = field(default_factory=lambda: np.empty((0, 0, 0)))
     missing: np.ndarray | None = None  # (h, w) True where a band's tile is sparse
     error: BaseException | None = None
+    # packed reads: where `data` and the valid mask go, carved from one buffer per dtype (see pack_outputs)
+    data_slot: np.ndarray | None = None
+    valid_slot: np.ndarray | None = None
 
 
 @dataclass
@@ -285,7 +288,8 @@ class _Planner:
         """Create the job's arrays and register every tile it needs (sparse tiles are filled right away)."""
         req, meta, win = job.req, job.meta, job.window
         h, w = win.height, win.width
-        job.data = np.empty((len(req.bands), h, w), dtype=np.dtype(meta.dtype))
+        job.data = (job.data_slot if job.data_slot is not None
+                    else np.empty((len(req.bands), h, w), dtype=np.dtype(meta.dtype)))
         for m in job.masks:
             m.valid = np.zeros((h, w), dtype=bool)
         parts = tiles_for_window(win, meta.tile_width, meta.tile_height, meta.image_width, meta.image_height)
@@ -632,6 +636,29 @@ def plan_jobs(planner: _Planner, requests: Sequence[ReadRequest], budget: int | 
     return jobs
 
 
+def pack_outputs(jobs: Sequence[_Job | BaseException | None]) -> None:
+    """Give the jobs' pixels and valid masks consecutive places in one buffer per dtype (one for the
+    masks), in job order: a caller that concatenates every result (the SQL kernel building one Arrow
+    column) then takes them as they are, without a copy. The buffers live as long as any result does,
+    so only callers that consume the whole batch at once should ask for this."""
+    todo = [j for j in jobs if isinstance(j, _Job)]
+    counts: dict[str, int] = {}
+    for j in todo:
+        counts[j.meta.dtype] = counts.get(j.meta.dtype, 0) + len(j.req.bands) * j.window.height * j.window.width
+    slabs = {d: np.empty(n, dtype=np.dtype(d)) for d, n in counts.items()}
+    masks = np.empty(sum(j.window.height * j.window.width for j in todo), dtype=bool)
+    at = dict.fromkeys(counts, 0)
+    mat = 0
+    for j in todo:
+        h, w = j.window.height, j.window.width
+        n = len(j.req.bands) * h * w
+        start = at[j.meta.dtype]
+        j.data_slot = slabs[j.meta.dtype][start:start + n].reshape(len(j.req.bands), h, w)
+        at[j.meta.dtype] = start + n
+        j.valid_slot = masks[mat:mat + h * w].reshape(h, w)
+        mat += h * w
+
+
 def file_groups(jobs: Sequence[_Job | BaseException | None]) -> list[list[_Job]]:
     """The jobs split into groups that share no file (connected through the URLs they read), in order of
     first appearance: a group's tiles are complete once its jobs are allocated, so its fetch can start
@@ -882,7 +909,14 @@ def _finish(job: _Job) -> ReadResult:
     keep: np.ndarray | None = job.aoi
     if keep is not None:
         np.copyto(data, job.fill, where=~keep[None, :, :])
-    valid = np.ones((h, w), dtype=bool) if keep is None else keep.copy()
+    if job.valid_slot is not None:
+        valid = job.valid_slot
+        if keep is None:
+            valid.fill(True)
+        else:
+            np.copyto(valid, keep)
+    else:
+        valid = np.ones((h, w), dtype=bool) if keep is None else keep.copy()
     for m in job.masks:
         if not job.raw:
             hole = ~m.valid
@@ -922,17 +956,25 @@ def _wrap(exc: BaseException, req: ReadRequest) -> BaseException:
 
 
 async def read_batch(requests: Sequence[ReadRequest], backend: Any, *, pixel_budget: int | None = DEFAULT_PIXEL_BUDGET,
-                     stats: ReadStats | None = None) -> list[ReadResult | BaseException | None]:
+                     stats: ReadStats | None = None, packed: bool = False) -> list[ReadResult | BaseException | None]:
     """Read a batch of pairs; per pair a ReadResult, None (the AOI misses the raster) or the error.
 
     Raises only PixelBudgetExceeded (before any I/O); every other failure is returned in its pair's slot.
+    `packed`: the results' arrays are consecutive views of shared buffers (see pack_outputs).
     """
     loop = asyncio.get_running_loop()
     pool = decode_pool()
     st = stats if stats is not None else ReadStats()
     planner = _Planner()
     # planning and finishing are CPU work (masks, fills): off the event loop, which may serve other calls
-    jobs = await loop.run_in_executor(pool, plan_jobs, planner, requests, pixel_budget)
+
+    def plan() -> list[_Job | BaseException | None]:
+        planned = plan_jobs(planner, requests, pixel_budget)
+        if packed:
+            pack_outputs(planned)
+        return planned
+
+    jobs = await loop.run_in_executor(pool, plan)
     masks = loop.run_in_executor(pool, rasterize_aois, jobs)  # needed only at finish; alongside the allocation
     tiles: dict[_TileKey, _Tile] = {}
     fetches: list[asyncio.Task[None]] = []
