@@ -281,30 +281,37 @@ def test_raw_array_bytes_nulls_and_errors() -> None:
         assert [bool(v) for v in raw["valid"]] == lst["valid"]
 
 
-def test_joined_is_a_view_only_for_back_to_back_parts() -> None:
-    slab = np.arange(20, dtype=np.uint16)
-    parts = [slab[0:6], slab[6:7], slab[7:15]]
+def test_joined_is_a_view_only_for_back_to_back_parts(monkeypatch: pytest.MonkeyPatch) -> None:
+    n = 20000  # parts of 20-40 KB: over the size where a view beats a copy
+    slab = np.arange(3 * n, dtype=np.uint16)
+    parts = [slab[0:n], slab[n:n + 1], slab[n + 1:2 * n + 1]]
     out = K.joined(parts, np.dtype(np.uint16))
-    assert np.shares_memory(out, slab) and out.tolist() == list(range(15))
-    gap = K.joined([slab[0:6], slab[8:10]], np.dtype(np.uint16))  # a failed row's place left empty
-    assert not np.shares_memory(gap, slab) and gap.tolist() == [0, 1, 2, 3, 4, 5, 8, 9]
-    swapped = K.joined([slab[6:8], slab[0:6]], np.dtype(np.uint16))
-    assert not np.shares_memory(swapped, slab) and swapped.tolist() == [6, 7, 0, 1, 2, 3, 4, 5]
+    assert np.shares_memory(out, slab) and np.array_equal(out, np.arange(2 * n + 1))
+    gap = K.joined([slab[0:n], slab[n + 5:2 * n]], np.dtype(np.uint16))  # a failed row's place left empty
+    assert not np.shares_memory(gap, slab) and np.array_equal(gap, np.r_[0:n, n + 5:2 * n])
+    swapped = K.joined([slab[n:2 * n], slab[0:n]], np.dtype(np.uint16))
+    assert not np.shares_memory(swapped, slab) and np.array_equal(swapped, np.r_[n:2 * n, 0:n])
     wider = K.joined(parts, np.dtype(np.int32))  # another pixel type: copied with a safe cast
-    assert wider.dtype == np.int32 and wider.tolist() == list(range(15))
+    assert wider.dtype == np.int32 and np.array_equal(wider, np.arange(2 * n + 1))
     as_bytes = K.joined([p.view(np.uint8) for p in parts], np.dtype(np.uint8))
-    assert np.shares_memory(as_bytes, slab) and as_bytes.tobytes() == slab[:15].tobytes()
+    assert np.shares_memory(as_bytes, slab) and as_bytes.tobytes() == slab[:2 * n + 1].tobytes()
     other = np.arange(3, dtype=np.uint16)
     assert K.joined([slab[0:2], other], np.dtype(np.uint16)).tolist() == [0, 1, 0, 1, 2]
     assert K.joined([], np.dtype(np.float32)).dtype == np.float32
     with pytest.raises(TypeError):
         K.joined([np.arange(3, dtype=np.int16)], np.dtype(np.uint16))  # never an unsafe cast
+    small = [slab[0:6], slab[6:7], slab[7:15]]  # small parts: a copy costs less than checking them
+    assert not np.shares_memory(K.joined(small, np.dtype(np.uint16)), slab)
+    monkeypatch.setattr(K, "_VIEW_MIN_BYTES", 0)
+    assert np.shares_memory(K.joined(small, np.dtype(np.uint16)), slab)
 
 
 def test_packed_reads_equal_unpacked_and_share_buffers(records: dict[str, pa.StructArray],
-                                                       http_server: RangeServer) -> None:
+                                                       http_server: RangeServer,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """A packed read gives the same results, each dtype's pixels back to back in row order, and a row
     that fails mid-read (a missing file) leaves a gap that the join copies around."""
+    monkeypatch.setattr(K, "_VIEW_MIN_BYTES", 0)  # these windows are small: join them as views all the same
     broken = rasterduck.open_collection(RASTERET).rewrite_hrefs({"geotiff/": http_server.url("missing/")})
     table = broken.to_arrow()
     gone = table.combine_chunks().to_struct_array().combine_chunks().slice(table["id"].to_pylist().index("cog-u16"), 1)

@@ -628,13 +628,17 @@ def _address(a: np.ndarray) -> int:
     return int(a.__array_interface__["data"][0])
 
 
+_VIEW_MIN_BYTES = 16384  # average bytes per part below which copying is cheaper than checking addresses
+
+
 def joined(parts: Sequence[np.ndarray], dtype: np.dtype) -> np.ndarray:
     """1-D `parts` end to end as one `dtype` array: a view of their buffer when they already lie back to
-    back in it (a packed read), else a copy (cast safely to `dtype`)."""
+    back in it (a packed read of large windows), else a copy (cast safely to `dtype`)."""
     if not parts:
         return np.empty(0, dtype=dtype)
     base = parts[0].base
     if (isinstance(base, np.ndarray) and base.ndim == 1 and base.flags.c_contiguous
+            and sum(p.nbytes for p in parts) >= _VIEW_MIN_BYTES * len(parts)
             and all(p.base is base and p.dtype == dtype and p.flags.c_contiguous for p in parts)):
         start = end = _address(parts[0])
         for p in parts:
