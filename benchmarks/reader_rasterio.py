@@ -40,6 +40,7 @@ from common import Run, key, main_guard, pixel_hash  # noqa: E402
 run = Run("rasterio")
 
 import numpy as np  # noqa: E402
+import numpy.ma  # noqa: E402  (rasterio.mask's threads would import it lazily at once: RecursionError in numpy 2)
 import rasterio  # noqa: E402
 import rasterio.mask  # noqa: E402
 import shapely  # noqa: E402
