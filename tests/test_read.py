@@ -508,6 +508,12 @@ def test_file_groups_share_no_file_and_keep_shared_tiles_single(tmp_path: Path, 
     assert isinstance(jobs[3], RasterduckError)  # no geometry: an error in its slot, in no group
     groups = kernel.file_groups(jobs)
     assert [[j.index for j in grp] for grp in groups] == [[0, 2], [1]]
+    # band lists shared by several jobs (a record's list, for all its AOIs) are joined once; c's list is
+    # seen before the job that ties c to a, and still lands in a's group
+    la, lb, lc, lca = [src["a"]], [src["b"]], [src["c"]], [src["c"], src["a"]]
+    shared = [ReadRequest(f"s{i}", g, "EPSG:32633", bands) for i, bands in enumerate([la, lc, lb, lc, lca, lb, la])]
+    groups = kernel.file_groups(kernel.plan_jobs(kernel._Planner(), shared, None))
+    assert [[j.index for j in grp] for grp in groups] == [[0, 1, 3, 4, 6], [2, 5]]
     srv.reset()
     results = read(reqs[:3], backend)
     tiles = sorted(needed_tiles(tmp_path / f"{n}.tif", [g]).pop() for n in "abc")  # one per file: a's once

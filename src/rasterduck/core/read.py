@@ -195,7 +195,7 @@ class _Mask:
     valid: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=bool))  # (h, w) True = valid
 
 
-@dataclass
+@dataclass(slots=True)
 class _Use:
     """One job's use of one tile: the part it needs and where the samples go."""
 
@@ -295,23 +295,28 @@ class _Planner:
         parts = tiles_for_window(win, meta.tile_width, meta.tile_height, meta.image_width, meta.image_height)
         across = meta.tiles_across
         chunky_alpha = {m.src.url: m for m in job.masks if m.kind is MaskKind.ALPHA and _chunky(m.src.meta)}
+        # per band, once per job (a batch of small AOIs allocates thousands of jobs): slot and sample
+        bands = [(slot, src, src.band_index if _chunky(src.meta) else 0) for slot, src in enumerate(req.bands)]
         for part in parts:
-            pending: dict[str, _Mask | None] = dict(chunky_alpha)
+            pending: dict[str, _Mask | None] | None = dict(chunky_alpha) if chunky_alpha else None
             idx = part.tile_row * across + part.tile_col
-            by_key: dict[_TileKey | None, list[tuple[int, int]]] = defaultdict(list)
+            by_key: dict[_TileKey | None, list[tuple[int, int]]] = {}
             sources: dict[_TileKey | None, BandSource] = {}
-            for slot, src in enumerate(req.bands):
+            for slot, src, sample in bands:
                 key = _tile_key(src, idx)
-                sample = src.band_index if _chunky(src.meta) else 0
-                by_key[key].append((slot, sample))
-                sources.setdefault(key, src)
+                targets = by_key.get(key)
+                if targets is None:
+                    by_key[key] = [(slot, sample)]
+                    sources[key] = src
+                else:
+                    targets.append((slot, sample))
             for key, targets in by_key.items():
                 if key is None:  # sparse: the bands of this tile read as the fill value (alpha reads 0)
                     self.sparse += 1
                     self._fill_sparse(job, part, targets)
                     continue
                 use = _Use(job, part, targets)
-                found = pending.pop(key[0], None)  # the chunky tile also holds the file's alpha sample
+                found = pending.pop(key[0], None) if pending else None  # the chunky tile also holds the alpha
                 if found is not None:
                     use.mask, use.alpha = found, alpha_sample(found.src.meta)
                 self._add(key, self._format(sources[key].meta), part.rows_needed, use)
@@ -672,18 +677,22 @@ def file_groups(jobs: Sequence[_Job | BaseException | None]) -> list[list[_Job]]
         return u
 
     firsts: list[tuple[_Job, str]] = []
+    seen: dict[int, str] = {}  # band lists already joined (a record's list is shared by all its AOIs' jobs)
     for j in jobs:
         if not isinstance(j, _Job):
             continue
-        urls = [s.url for s in j.req.bands] + [s.alpha.url for s in j.req.bands if s.alpha is not None]
-        for u in urls:
-            parent.setdefault(u, u)
-        top = root(urls[0])
-        for u in urls[1:]:
-            other = root(u)
-            if other != top:
-                parent[other] = top
-        firsts.append((j, urls[0]))
+        first = seen.get(id(j.req.bands))
+        if first is None:
+            urls = [s.url for s in j.req.bands] + [s.alpha.url for s in j.req.bands if s.alpha is not None]
+            for u in urls:
+                parent.setdefault(u, u)
+            top = root(urls[0])
+            for u in urls[1:]:
+                other = root(u)
+                if other != top:
+                    parent[other] = top
+            first = seen[id(j.req.bands)] = urls[0]
+        firsts.append((j, first))
     groups: dict[str, list[_Job]] = {}
     for j, u in firsts:
         groups.setdefault(root(u), []).append(j)
