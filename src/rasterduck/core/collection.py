@@ -117,6 +117,8 @@ class Collection:
             if idx is not None:
                 local = idx[(idx >= start) & (idx < start + batch.num_rows)] - start
                 start += batch.num_rows
+                if not len(local):
+                    continue
                 if len(local) < batch.num_rows or not np.array_equal(local, np.arange(batch.num_rows)):
                     batch = batch.take(pa.array(local))
             for row in batch.to_pylist():

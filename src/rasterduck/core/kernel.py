@@ -608,8 +608,9 @@ def load_bands_array(rows: Sequence[Row], target: np.dtype, *, safe: bool,
                      mismatch: Callable[[str, np.dtype], RasterduckError] = dtype_mismatch) -> pa.StructArray:
     """The STRUCT column of load_bands (safe: plus `error`; otherwise the first error raises).
 
-    The pixels of all rows are one concatenated NumPy array (cast to `target` while concatenating),
-    wrapped by two levels of list offsets (row -> bands -> pixels)."""
+    The pixels of all rows are one NumPy array (the packed read's buffer when it already holds them in
+    `target`, else a concatenation cast to `target`), wrapped by two levels of list offsets (row -> bands
+    -> pixels)."""
     def check(r: ReadResult) -> RasterduckError | None:
         if r.data.dtype == target or np.can_cast(r.data.dtype, target, "safe"):
             return None

@@ -918,14 +918,11 @@ def _finish(job: _Job) -> ReadResult:
     keep: np.ndarray | None = job.aoi
     if keep is not None:
         np.copyto(data, job.fill, where=~keep[None, :, :])
-    if job.valid_slot is not None:
-        valid = job.valid_slot
-        if keep is None:
-            valid.fill(True)
-        else:
-            np.copyto(valid, keep)
+    valid = job.valid_slot if job.valid_slot is not None else np.empty((h, w), dtype=bool)
+    if keep is None:
+        valid.fill(True)
     else:
-        valid = np.ones((h, w), dtype=bool) if keep is None else keep.copy()
+        np.copyto(valid, keep)
     for m in job.masks:
         if not job.raw:
             hole = ~m.valid
