@@ -6,7 +6,9 @@
 With RASTERDUCK_BENCH_SQL_FUNCTION=load_bands_raw (the harness's "rasterduck-sql-raw") the same query
 calls load_bands_raw: pixels as BLOBs instead of lists.
 
-For read scenarios the whole result is fetched as Arrow. For the stream scenario (S5) the result is
+For read scenarios the whole result is fetched as Arrow the way the README advises for large windows,
+`to_arrow_table(batch_size=8)`: DuckDB converts nested LIST columns to Arrow ~2.5x faster in small
+batches (S3: 0.08 against 0.20 s), and small windows (S2) take the same ~10 ms either way. For the stream scenario (S5) the result is
 consumed batch by batch (`fetch_record_batch`) and only counted, so peak RSS shows what the engine holds
 in flight; hashes are kept for the AOIs listed in the spec's `check_aois` only.
 Skips (with the reason) while `rasterduck.duck` has no `connect`.
@@ -22,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import Run, SkipReader, key, main_guard, peak_rss_mb, pixel_hash
 
 FUNCTION = os.environ.get("RASTERDUCK_BENCH_SQL_FUNCTION", "load_bands")
+FETCH_BATCH = 8  # rows per Arrow batch of the fetched result (the README's advice for large windows)
 run = Run("rasterduck-sql-raw" if FUNCTION == "load_bands_raw" else "rasterduck-sql")
 
 import numpy as np  # noqa: E402
@@ -103,7 +106,7 @@ def body() -> dict[str, str]:
         run.extra.update(rows_streamed=rows, pixels=pixels, rss_before_stream_mb=rss_base)
         return hashes
     rel = con.sql(sql)  # a relation: DuckDB 2 warns that execute(...).to_arrow_table() copies the rows once more
-    table = rel.to_arrow_table() if hasattr(rel, "to_arrow_table") else rel.arrow()
+    table = rel.to_arrow_table(batch_size=FETCH_BATCH) if hasattr(rel, "to_arrow_table") else rel.arrow()
     run.done()
     out: dict[str, str] = {}
     for batch in table.to_batches():

@@ -119,29 +119,49 @@ def test_readme_join_equals_rasterio(site: Site, key: str) -> None:
     assert hits >= 3
 
 
-def test_join_through_df_and_arrow(site: Site) -> None:
-    c = site.colls["i8"]
+@pytest.mark.parametrize("key", ["i8", "u16"])
+def test_join_through_df_and_arrow(site: Site, key: str) -> None:
+    c = site.colls[key]
     con = rasterduck.connect()
     rasterduck.attach(con, "coll", c.parquet)
     q = join_sql("coll", c.aois)
     df = con.sql(q).df()
     table = to_arrow_table(con.sql(q))
-    assert table.schema.field("px").type.field("data").type == pa.list_(pa.list_(pa.int8()))
+    native = np.dtype(c.dtype)
+    assert table.schema.field("px").type.field("data").type == pa.list_(pa.list_(pa.from_numpy_dtype(native)))
     by_df = {int(a): px for a, px in zip(df["aoi_id"], df["px"], strict=True)}
     by_arrow = {a: px for a, px in zip(table["aoi_id"].to_pylist(), table["px"], strict=True)}
+    # the README's pandas form: unnest spreads the result over columns, and .df() then holds NumPy arrays
+    # of the native dtype per cell (DuckDB gives a STRUCT column's lists as Python lists)
+    call = "load_bands(r, aoi.geom, ['b1'])"
+    spread = con.sql(q.replace(f"{call} AS px", f"unnest({call})")).df()
+    assert list(spread.columns[-9:]) == ["bands", "height", "width", "transform", "crs", "dtype", "nodata",
+                                         "data", "valid"]
+    by_row = {int(row["aoi_id"]): row for _i, row in spread.iterrows()}
     for i, g in enumerate(c.aois):
         expected = rasterio_pixels(c.path, g)
         if expected is None:
             assert i not in by_df and i not in by_arrow
+            assert i not in by_row or rasterduck.to_numpy(by_row[i]) is None
             continue
-        for cell in (by_df[i], by_arrow[i]):
+        row = by_row[i]
+        assert isinstance(row["data"], np.ndarray) and isinstance(row["valid"], np.ndarray)
+        assert all(isinstance(b, np.ndarray) and b.dtype == native for b in row["data"])
+        assert row["valid"].dtype == np.bool_
+        for cell in (by_df[i], by_arrow[i], row):
             arr = rasterduck.to_numpy(cell)
-            assert arr.dtype == np.int8
+            assert arr.dtype == native
             np.testing.assert_array_equal(arr.data, expected["data"])
             np.testing.assert_array_equal(~arr.mask[0], expected["valid"])
         data, valid = rasterduck.to_numpy(by_arrow[i], masked=False)
         np.testing.assert_array_equal(valid, expected["valid"])
         np.testing.assert_array_equal(data, expected["data"])
+    # a NULL result (the AOI misses the raster) spreads into a row of NULLs, which to_numpy gives as None
+    far = shapely.box(-170.0, -80.0, -169.9, -79.9)
+    [null_row] = [row for _i, row in con.sql(f"SELECT unnest({call.replace('aoi.geom', repr(far.wkt))}) "
+                                             "FROM coll r").df().iterrows()]
+    assert null_row[["data", "valid", "height"]].isna().all() and rasterduck.to_numpy(null_row) is None
+    assert rasterduck.to_numpy(pa.scalar(None, table.schema.field("px").type)) is None
 
 
 def test_multiband_record_and_macros(site: Site) -> None:
