@@ -326,6 +326,17 @@ def test_internal_masks_and_alpha_fill_like_gdal(tmp_path: Path, make_server: Ca
     assert np.array_equal(mixed.data[2], refs["alpha_band"][2])
     masks = [r.valid for r in results[:3]]  # valid: AOI and every file's mask
     assert np.array_equal(mixed.valid, masks[0] & masks[2])
+    # a join's rows of one record share its band list: each pair still gets its own masks
+    g2 = shapely.box(ORIGIN[0] + 1200, ORIGIN[1] - 1900, ORIGIN[0] + 2500, ORIGIN[1] - 900)
+    shared = read([ReadRequest(k, geom, "EPSG:32633", src[k]) for k in kinds for geom in (g, g2)], backend)
+    for (k, geom), r in zip([(k, geom) for k in kinds for geom in (g, g2)], shared, strict=True):
+        assert isinstance(r, ReadResult) and r.window is not None
+        assert np.array_equal(r.data, oracle(paths[k], geom)), k
+        with rasterio.open(paths[k]) as ds:
+            aoi = ~rasterio.mask.raster_geometry_mask(ds, [geom], crop=True)[0]
+            w = r.window
+            dsmask = ds.dataset_mask(window=RioWindow(w.col_off, w.row_off, w.width, w.height)) != 0
+        assert np.array_equal(r.valid, aoi & dsmask), k
 
 
 # ------------------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -108,7 +109,7 @@ class CogMetadata:
     mask: Level | None = None
     crs: str | None = field(default=None)  # from the record ("EPSG:32633" or WKT), not the struct
 
-    @property
+    @cached_property  # read for every pair a batch plans (frozen fields: computed once per band)
     def affine(self) -> tuple[float, float, float, float, float, float]:
         """The transform as a rasterio-order affine (a, b, c, d, e, f)."""
         t = self.transform

@@ -164,6 +164,9 @@ class ReadStats(Counters):
 # plan
 
 
+_NO_PIXELS = np.empty((0, 0, 0))  # a job's pixels before allocation: empty, so never written
+
+
 @dataclass
 class _Job:
     """One request being assembled: its window, outputs and masks (arrays are written by decode threads)."""
@@ -177,7 +180,7 @@ class _Job:
     masks: list[_Mask]  # per-dataset masks (internal mask or alpha) of the files the bands come from
     fill: np.generic
     geom: BaseGeometry | None = None  # the AOI in the raster's CRS, rasterised into `aoi` by `rasterize_aois`
-    data: np.ndarray = field(default_factory=lambda: np.empty((0, 0, 0)))
+    data: np.ndarray = field(default_factory=lambda: _NO_PIXELS)  # replaced by `allocate`
     missing: np.ndarray | None = None  # (h, w) True where a band's tile is sparse
     error: BaseException | None = None
     # packed reads: where `data` and the valid mask go, carved from one buffer per dtype (see pack_outputs)
@@ -235,16 +238,20 @@ class _Planner:
         self._misses: dict[tuple[Any, ...], str | None] = {}
         self._windows: dict[tuple[Any, ...], Window | None] = {}
         self._fills: dict[tuple[str, str], np.generic] = {}
-        self._same_grid: dict[int, list[BandSource]] = {}  # band lists already checked (kept alive here)
+        # per band list (a join's rows of one record share it; kept alive here so its id stays unique): the
+        # grid check passed, and what every job of that list shares -- its per-file masks and its fill
+        self._band_facts: dict[int, tuple[list[BandSource], tuple[tuple[MaskKind, BandSource, list[int]], ...],
+                                          np.generic]] = {}
+        self._points: dict[int, bool] = {}  # per AOI (by id, as the window cache): is it a point
 
     def job(self, index: int, req: ReadRequest) -> _Job | None:
         """Window, AOI mask and mask kind of one request; None when it misses the raster."""
         if not req.bands:
             raise RasterduckError("no bands requested", record_id=req.record_id)
         meta = req.bands[0].meta
-        if len(req.bands) > 1 and id(req.bands) not in self._same_grid:
-            _check_same_grid(req)
-            self._same_grid[id(req.bands)] = req.bands  # a join's rows of one record share this list
+        facts = self._band_facts.get(id(req.bands))
+        if facts is None:
+            facts = self._band_facts[id(req.bands)] = self._facts(req)
         raw = True
         aoi = None
         if req.window is not None:
@@ -255,7 +262,10 @@ class _Planner:
             if req.geometry is None:
                 raise RasterduckError("a request needs a geometry or a window", record_id=req.record_id)
             geom = self._geometry(req, meta.crs)
-            if geom.geom_type == "Point":
+            point = self._points.get(id(geom))
+            if point is None:
+                point = self._points[id(geom)] = geom.geom_type == "Point"
+            if point:
                 row, col = point_pixel(geom.x, geom.y, meta.affine)
                 if not (0 <= row < meta.image_height and 0 <= col < meta.image_width):
                     self._check_miss(req, meta)
@@ -273,16 +283,23 @@ class _Planner:
                     self._check_miss(req, meta)
                     return None
                 win = found
+        masks = [_Mask(kind, src, list(slots)) for kind, src, slots in facts[1]]
+        return _Job(index, req, meta, win, raw, aoi, masks, facts[2], geom=None if raw else geom, data=_NO_PIXELS)
+
+    def _facts(self, req: ReadRequest) -> tuple[list[BandSource], tuple[tuple[MaskKind, BandSource, list[int]], ...],
+                                                np.generic]:
+        """Check that a band list shares one grid, and find its per-file masks and its fill value."""
+        if len(req.bands) > 1:
+            _check_same_grid(req)
         # an alpha plane stored apart is read only when the source knows where it is
         kinds = [MaskKind.ALL_VALID if k is MaskKind.ALPHA and not _chunky(s.meta) and s.alpha is None else k
                  for s in req.bands for k in [mask_kind(s.meta, s.band_index)]]
         # one mask per file that has one, applied to that file's bands
-        masks: dict[str, _Mask] = {}
+        masks: dict[str, tuple[MaskKind, BandSource, list[int]]] = {}
         for i, (src, k) in enumerate(zip(req.bands, kinds, strict=True)):
             if k in (MaskKind.INTERNAL, MaskKind.ALPHA):
-                masks.setdefault(src.url, _Mask(k, src, [])).slots.append(i)
-        fill = self._fill(meta)
-        return _Job(index, req, meta, win, raw, aoi, list(masks.values()), fill, geom=None if raw else geom)
+                masks.setdefault(src.url, (k, src, []))[2].append(i)
+        return req.bands, tuple(masks.values()), self._fill(req.bands[0].meta)
 
     def allocate(self, job: _Job) -> None:
         """Create the job's arrays and register every tile it needs (sparse tiles are filled right away)."""
