@@ -955,7 +955,18 @@ def _finish(job: _Job) -> ReadResult:
     transform = window_transform(meta.affine, job.window.col_off, job.window.row_off)
     fill = job.fill.item()
     return ReadResult(job.req.record_id, [b.band for b in job.req.bands], data, valid, transform, meta.crs,
-                      fill, str(data.dtype), job.window, meta.affine, job.req.geometry_index)
+                      fill, _dtype_name(data.dtype), job.window, meta.affine, job.req.geometry_index)
+
+
+_DTYPE_NAMES: dict[np.dtype[Any], str] = {}
+
+
+def _dtype_name(dtype: np.dtype[Any]) -> str:
+    """str(dtype), remembered: NumPy builds the name anew each time (~5 us, a fifth of finishing a small result)."""
+    name = _DTYPE_NAMES.get(dtype)
+    if name is None:
+        name = _DTYPE_NAMES[dtype] = str(dtype)
+    return name
 
 
 def _wrap(exc: BaseException, req: ReadRequest) -> BaseException:
