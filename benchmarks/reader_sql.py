@@ -8,9 +8,10 @@ calls load_bands_raw: pixels as BLOBs instead of lists.
 
 For read scenarios the whole result is fetched as Arrow the way the README advises for large windows,
 `to_arrow_table(batch_size=8)`: DuckDB converts nested LIST columns to Arrow ~2.5x faster in small
-batches (S3: 0.08 against 0.20 s), and small windows (S2) take the same ~10 ms either way. For the stream scenario (S5) the result is
-consumed batch by batch (`fetch_record_batch`) and only counted, so peak RSS shows what the engine holds
-in flight; hashes are kept for the AOIs listed in the spec's `check_aois` only.
+batches (S3: 0.08 against 0.20 s), and small windows (S2) take the same ~10 ms either way. For the
+stream scenario (S5) the result is consumed batch by batch (`fetch_record_batch`) and only counted, so
+peak RSS shows what the engine holds in flight; hashes are kept for the AOIs listed in the spec's
+`check_aois` only.
 Skips (with the reason) while `rasterduck.duck` has no `connect`.
 """
 
