@@ -284,7 +284,7 @@ class _Planner:
                     return None
                 win = found
         masks = [_Mask(kind, src, list(slots)) for kind, src, slots in facts[1]]
-        return _Job(index, req, meta, win, raw, aoi, masks, facts[2], geom=None if raw else geom, data=_NO_PIXELS)
+        return _Job(index, req, meta, win, raw, aoi, masks, facts[2], geom=None if raw else geom)
 
     def _facts(self, req: ReadRequest) -> tuple[list[BandSource], tuple[tuple[MaskKind, BandSource, list[int]], ...],
                                                 np.generic]:
