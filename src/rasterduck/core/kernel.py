@@ -27,6 +27,7 @@ import shapely
 from shapely.geometry.base import BaseGeometry
 
 from ..errors import BandNotFoundError, CollectionError, GeometryError, RasterduckError
+from ..gcpause import without_gc
 from . import arrowbuild as ab
 from .bands import candidates
 from .geometry import to_shapely, transform_geometry, wkb_array_to_shapely
@@ -786,6 +787,7 @@ def _load_rows(records: pa.StructArray | pa.ChunkedArray, geoms: pa.Array | pa.C
                       pixel_budget=pixel_budget, packed=True)
 
 
+@without_gc
 def load_bands_arrow(records: pa.StructArray | pa.ChunkedArray, geoms: pa.Array | pa.ChunkedArray, bands: BandsArg,
                      *, geometry_crs: CrsArg = None, all_touched: bool = False, on_error: OnError = "raise",
                      pixel_budget: int | None = _UNSET, pixel_type: str | np.dtype = DEFAULT_PIXEL_DTYPE,
@@ -803,6 +805,7 @@ def load_bands_arrow(records: pa.StructArray | pa.ChunkedArray, geoms: pa.Array 
     return load_bands_array(rows, np.dtype(pixel_dtype(pixel_type)), safe=safe, mismatch=mismatch)
 
 
+@without_gc
 def load_bands_raw_arrow(records: pa.StructArray | pa.ChunkedArray, geoms: pa.Array | pa.ChunkedArray,
                          bands: BandsArg, *, geometry_crs: CrsArg = None, all_touched: bool = False,
                          on_error: OnError = "raise", pixel_budget: int | None = _UNSET,
@@ -814,6 +817,7 @@ def load_bands_raw_arrow(records: pa.StructArray | pa.ChunkedArray, geoms: pa.Ar
     return load_bands_raw_array(rows, safe=safe)
 
 
+@without_gc
 def zonal_stats_arrow(records: pa.StructArray | pa.ChunkedArray, geoms: pa.Array | pa.ChunkedArray, band: BandsArg,
                       *, geometry_crs: CrsArg = None, all_touched: bool = False, on_error: OnError = "raise",
                       pixel_budget: int | None = _UNSET, context: KernelContext | None = None) -> pa.StructArray:
@@ -834,6 +838,7 @@ def zonal_stats_arrow(records: pa.StructArray | pa.ChunkedArray, geoms: pa.Array
     return struct_of_dicts(zonal_dicts(ctx, rows, parsed, crs, all_touched), ZONAL_STRUCT)  # type: ignore[return-value]
 
 
+@without_gc
 def pixel_values_arrow(records: pa.StructArray | pa.ChunkedArray, points: pa.Array | pa.ChunkedArray,
                        bands: BandsArg, *, geometry_crs: CrsArg = None, on_error: OnError = "raise",
                        context: KernelContext | None = None) -> pa.ListArray:
