@@ -355,3 +355,36 @@ def test_packed_reads_equal_unpacked_and_share_buffers(records: dict[str, pa.Str
         else:
             with pytest.raises(RasterduckError, match="cog-u16"):
                 K.load_bands_array(packed, np.dtype(np.float64), safe=False)
+
+
+def test_band_sources_of_a_chunk_match_row_by_row_parsing(records: dict[str, pa.StructArray]) -> None:
+    """The chunk's band metadata is converted in runs of rows: each row's sources equal parsing its own
+    record, rows of one record share one list, and a broken or missing band fails only its rows, named."""
+    row = records["cog-u16"].to_pylist()[0]
+    row["id"] = "broken"
+    row["b1_metadata"]["transform"] = None
+    broken = pa.array([row], records["cog-u16"].type)
+    order = ["cog-u16", "cog-u16", "web-u16-pred2", "broken", "web-u16-pred2", "cog-i16", "shade", "cog-u16"]
+    recs = pa.concat_arrays([broken if rid == "broken" else records[rid] for rid in order])
+    codes = [["b1"]] * len(order)
+    codes[6] = ["b1", "nope"]
+    chunk = K.ChunkRecords(recs, K.MetadataCache())
+    got = chunk.sources_many(list(range(len(order))), codes)
+    for i, rid in enumerate(order):
+        if i in (3, 6):
+            continue
+        one = K.ChunkRecords(records[rid], K.MetadataCache()).source(0, "b1")
+        srcs = got[i]
+        assert isinstance(srcs, list) and len(srcs) == 1
+        assert (srcs[0].url, srcs[0].band, srcs[0].band_index) == (one.url, one.band, one.band_index)
+        m, ref = srcs[0].meta, one.meta
+        assert (m.dtype, m.transform, m.image_width, m.tile_width, m.nodata, m.crs) == \
+            (ref.dtype, ref.transform, ref.image_width, ref.tile_width, ref.nodata, ref.crs)
+        np.testing.assert_array_equal(m.tile_offsets, ref.tile_offsets)
+        np.testing.assert_array_equal(m.tile_byte_counts, ref.tile_byte_counts)
+    assert got[0] is got[1] is got[7] and got[2] is got[4]
+    bad = got[3]
+    assert isinstance(bad, RasterduckError) and bad.record_id == "broken" and bad.band == "b1"
+    assert bad.url == row["assets"]["b1"]["href"]
+    missing = got[6]
+    assert isinstance(missing, BandNotFoundError) and missing.record_id == "shade" and "'nope'" in str(missing)
