@@ -7,6 +7,7 @@ import gc
 import threading
 import weakref
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -59,32 +60,9 @@ def test_decorated_function_runs_paused_and_keeps_its_result() -> None:
     assert gc.isenabled()
 
 
-def test_pauses_from_several_threads_end_with_the_last() -> None:
-    entered, release = threading.Event(), threading.Event()
-
-    def hold() -> None:
-        with gc_paused():
-            entered.set()
-            release.wait(10)
-
-    t = threading.Thread(target=hold)
-    t.start()
-    assert entered.wait(10)
-    with gc_paused():
-        assert paused_depth() == 2
-    assert not gc.isenabled()  # the other thread's pause still runs
-    release.set()
-    t.join(10)
-    assert gc.isenabled()
-
-
-class _Node:
-    def __init__(self) -> None:
-        self.other: Any = self  # a reference cycle: only the collector frees it
-
-
-def test_a_long_pause_kept_up_by_overlapping_calls_still_collects(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(gcpause, "MAX_PAUSE_SECONDS", 0.0)
+@contextmanager
+def _paused_in_another_thread() -> Iterator[None]:
+    """A pause held by another thread for the length of the block."""
     entered, release = threading.Event(), threading.Event()
 
     def hold() -> None:
@@ -96,14 +74,33 @@ def test_a_long_pause_kept_up_by_overlapping_calls_still_collects(monkeypatch: p
     t.start()
     try:
         assert entered.wait(10)
+        yield
+    finally:
+        release.set()
+        t.join(10)
+
+
+def test_pauses_from_several_threads_end_with_the_last() -> None:
+    with _paused_in_another_thread():
+        with gc_paused():
+            assert paused_depth() == 2
+        assert not gc.isenabled()  # the other thread's pause still runs
+    assert gc.isenabled()
+
+
+class _Node:
+    def __init__(self) -> None:
+        self.other: Any = self  # a reference cycle: only the collector frees it
+
+
+def test_a_long_pause_kept_up_by_overlapping_calls_still_collects(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(gcpause, "MAX_PAUSE_SECONDS", 0.0)
+    with _paused_in_another_thread():
         with gc_paused():
             ref = weakref.ref(_Node())
             assert ref() is not None  # the cycle outlives its last reference while paused
         assert ref() is None  # collected when the inner call ended, though the other pause runs on
         assert not gc.isenabled()
-    finally:
-        release.set()
-        t.join(10)
     assert gc.isenabled()
 
 
