@@ -119,7 +119,9 @@ def scattered(values: Sequence[object], where: np.ndarray, typ: pa.DataType) -> 
 
 # ---- from Python values ------------------------------------------------------------------------------
 _NONE = type(None)
-_EXACT_FLOAT_INT = 2**53  # larger ints are not exactly representable as doubles (pa.array refuses them)
+# pa.array refuses ints beyond these magnitudes for float64 / float32 (past them not every int is exact)
+_EXACT_FLOAT_INT = 2**53
+_EXACT_FLOAT32_INT = 2**24
 
 
 class _Slow(Exception):
@@ -228,7 +230,8 @@ def _primitive(filled: list[Any], t: pa.DataType, kinds: set[type]) -> bytes:
     if pa.types.is_float32(t) or pa.types.is_float64(t):
         if kinds - {int, float}:
             raise _Slow
-        if int in kinds and any(type(v) is int and abs(v) > _EXACT_FLOAT_INT for v in filled):
+        limit = _EXACT_FLOAT_INT if pa.types.is_float64(t) else _EXACT_FLOAT32_INT
+        if int in kinds and any(type(v) is int and abs(v) > limit for v in filled):
             raise _Slow
         arr64 = np.asarray(filled, dtype=np.float64)
         if pa.types.is_float64(t):
