@@ -5,7 +5,7 @@ until it ends, so every collection the allocations trigger finds nothing to free
 (record, AOI) rows through SQL spent ~1 s of 10.5 in collections that freed 6 objects. Reference
 counting still frees everything else at once. The collector is process-wide, so pauses from several
 threads nest: it resumes when the last one ends, and a pause kept up by overlapping calls collects
-once in a while so cycles cannot pile up. A collector switched off by the application stays off.
+once in a while so cycles cannot pile up. A collector the application switched off before a pause stays off.
 """
 
 from __future__ import annotations
