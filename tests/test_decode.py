@@ -232,6 +232,25 @@ def test_partial_decode_is_prefix_of_full(spec: Spec, generated: dict[str, Path]
         _bytes_equal(part, full[:k], f"{spec.name} rows={k}")
 
 
+@pytest.mark.parametrize("spec", SPECS, ids=[s.name for s in SPECS])
+def test_region_decode_is_slice_of_full(spec: Spec, generated: dict[str, Path]) -> None:
+    """Narrowed to rows first_row.. and the leading cols columns, a decode equals that slice of the full
+    one (every codec, predictor, dtype, byte order and bit depth the generator writes)."""
+    with tifffile.TiffFile(generated[spec.name]) as tf:
+        fmt = tile_format(tf.pages[0], tf.byteorder)
+        seg = _first_block(tf)
+    full = decode_tile(seg.data, fmt, rows=seg.rows)
+    w = fmt.tile_width
+    for k in sorted({1, max(1, seg.rows // 2), seg.rows}):
+        for first in sorted({0, k // 3, k - 1}):
+            for cols in sorted({1, max(1, w // 3), w - 1, w} - {0}):
+                part = decode_tile(seg.data, fmt, rows=k, first_row=first, cols=cols)
+                _bytes_equal(part, full[first:k, :cols], f"{spec.name} rows {first}..{k} cols ..{cols}")
+    for first, cols in ((seg.rows, w), (0, 0), (0, w + 1), (-1, w)):
+        with pytest.raises(DecodeError, match="outside"):
+            decode_tile(seg.data, fmt, rows=seg.rows, first_row=first, cols=cols)
+
+
 def test_partial_decode_large_tile_every_byte_codec() -> None:
     """A 512x512 uint16 tile through each byte codec and predictor: prefixes equal the full decode."""
     rng = np.random.default_rng(3)
@@ -256,6 +275,9 @@ def test_partial_decode_large_tile_every_byte_codec() -> None:
         _bytes_equal(full[..., 0], expect, f"compression {comp} full")
         for k in (1, 64, 170, 256, 511):
             _bytes_equal(decode_tile(data, fmt, rows=k), full[:k], f"compression {comp} rows={k}")
+            for first, cols in ((0, 1), (k // 2, 300), (k - 1, 512)):
+                _bytes_equal(decode_tile(data, fmt, rows=k, first_row=first, cols=cols), full[first:k, :cols],
+                             f"compression {comp} rows {first}..{k} cols ..{cols}")
 
 
 @pytest.mark.parametrize("inflater", ["isal", "zlib"])

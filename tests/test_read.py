@@ -129,9 +129,9 @@ def decodes(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int | None]]:
     calls: list[tuple[int, int | None]] = []
     real = kernel.decode_tile
 
-    def counting(data: Any, fmt: Any, rows: int | None = None) -> np.ndarray:
+    def counting(data: Any, fmt: Any, rows: int | None = None, **region: Any) -> np.ndarray:
         calls.append((len(data), rows))
-        return real(data, fmt, rows)
+        return real(data, fmt, rows, **region)
 
     monkeypatch.setattr(kernel, "decode_tile", counting)
     return calls

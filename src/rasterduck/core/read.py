@@ -894,15 +894,20 @@ def _decode_scatter(tile: _Tile, data: Any, stats: ReadStats) -> bool:
         if len(data) != expected:
             raise RasterduckError(f"backend returned {len(data)} bytes for a {expected}-byte range of a "
                                   f"{tile.length}-byte tile", url=tile.url)
+        first_row = 0
         if tile.fmt is None:
             tw, th = tile.mask_size
             arr = decode_mask_tile(data, tw, th, tile.rows)[:, :, None]
         else:
-            arr = decode_tile(data, tile.fmt, tile.rows)
+            # only the rows and leading columns the uses read get their predictor undone
+            parts = [use.part for use in tile.uses]
+            first_row = min(p.first_row for p in parts)
+            arr = decode_tile(data, tile.fmt, tile.rows, first_row=first_row,
+                              cols=max(p.last_col for p in parts) + 1)
         stats.add(decoded=1, decode_seconds=time.perf_counter() - t0, decoded_rows=tile.rows,
                   tile_rows=tile.fmt.tile_height if tile.fmt is not None else tile.mask_size[1])
         for use in tile.uses:
-            _scatter(use, arr)
+            _scatter(use, arr, first_row)
     except TruncatedTileError as exc:
         if len(data) < tile.length:
             return False
@@ -917,9 +922,10 @@ def _decode_scatter(tile: _Tile, data: Any, stats: ReadStats) -> bool:
     return True
 
 
-def _scatter(use: _Use, arr: np.ndarray) -> None:
+def _scatter(use: _Use, arr: np.ndarray, first_row: int) -> None:
+    """Copy the part of a decoded tile a use reads (`arr` starts at tile row `first_row`) into its job."""
     p = use.part
-    block = arr[p.first_row : p.last_row + 1, p.first_col : p.last_col + 1]
+    block = arr[p.first_row - first_row : p.last_row + 1 - first_row, p.first_col : p.last_col + 1]
     ys, xs = _dest(p)
     job = use.job
     for slot, sample in use.targets:

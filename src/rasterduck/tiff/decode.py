@@ -79,19 +79,28 @@ def supported_compressions() -> frozenset[int]:
     return frozenset(codes)
 
 
-def decode_tile(data: Buffer, fmt: TileFormat, rows: int | None = None) -> np.ndarray:
-    """Decode one tile or strip to a (rows, tile_width, samples) array in native byte order.
+def decode_tile(data: Buffer, fmt: TileFormat, rows: int | None = None, *, first_row: int = 0,
+                cols: int | None = None) -> np.ndarray:
+    """Decode one tile or strip to a (rows - first_row, cols, samples) array in native byte order.
 
-    `rows` asks for the leading rows only (1..tile_height); codecs that can stop early do.
+    `rows` asks for the leading rows only (1..tile_height); codecs that can stop early do. `first_row`
+    and `cols` (default: all) narrow the result to the rows from `first_row` and the leading `cols`
+    columns: the byte codecs still inflate every row up to `rows`, but the predictor, which runs along
+    each row from its first column, is undone only there. The result may be a read-only view.
     Raises DecodeError for corrupt or short streams and for unsupported formats.
     """
     layout = _layout(fmt, rows)
+    width = fmt.tile_width
+    c = width if cols is None else cols
+    if not (0 <= first_row < layout.rows and 1 <= c <= width):
+        raise DecodeError(f"region rows {first_row}..{layout.rows} x cols 0..{c} outside the "
+                          f"{width}x{fmt.tile_height} tile")
     comp = fmt.compression
     image_codec = _IMAGE_CODECS.get(comp)
     if image_codec is not None and (comp not in _JPEGXL or _HAVE_JPEGXL):
         if layout.bilevel:
             raise DecodeError(f"1-bit samples cannot be {_codec_name(comp)} compressed")
-        return image_codec(data, fmt, layout)
+        return image_codec(data, fmt, layout)[first_row:, :c]
     byte_codec = _BYTE_CODECS.get(comp)
     if byte_codec is None:
         raise DecodeError(f"unsupported compression {_codec_name(comp)}")
@@ -110,7 +119,7 @@ def decode_tile(data: Buffer, fmt: TileFormat, rows: int | None = None) -> np.nd
             f"{_codec_name(comp)} stream decodes to {raw.size} bytes; the {layout.rows} rows requested "
             f"need {layout.need} ({layout.row_bytes} per row)"
         )
-    return _to_pixels(raw[: layout.need], writable, fmt, layout, predictor)
+    return _to_pixels(raw[: layout.need], writable, fmt, layout, predictor, first_row, c)
 
 
 # A prefix read must hold the compressed rows a window needs; their share of the tile's bytes is near their
@@ -200,31 +209,34 @@ def _check_predictor(predictor: int, layout: _Layout) -> None:
     raise DecodeError(f"unsupported predictor {predictor}")
 
 
-def _to_pixels(raw: np.ndarray, writable: bool, fmt: TileFormat, layout: _Layout, predictor: int) -> np.ndarray:
-    """Bytes of the requested rows -> pixels: unpack bits, swap bytes, undo the predictor."""
+def _to_pixels(raw: np.ndarray, writable: bool, fmt: TileFormat, layout: _Layout, predictor: int,
+               first_row: int, cols: int) -> np.ndarray:
+    """Bytes of the decoded rows -> the pixels of rows first_row.. and columns ..cols: unpack bits, swap
+    bytes, undo the predictor (in place when the bytes are ours, else into a new array: no extra copy)."""
     r, w, s = layout.rows, fmt.tile_width, fmt.samples
     if layout.bilevel:
-        bits = np.unpackbits(raw.reshape(r, layout.row_bytes), axis=1, count=w * s)
-        return bits.reshape(r, w, s)
+        bits = np.unpackbits(raw.reshape(r, layout.row_bytes)[first_row:], axis=1, count=w * s)
+        return bits.reshape(r - first_row, w, s)[:, :cols]
     if predictor == 3:
-        # libtiff's floating-point predictor leaves native-order values whatever the file order
-        # (it cannot work in place: imagecodecs would allocate a new array anyway)
-        src = raw.view(layout.native).reshape(r, w, s)
+        # libtiff's floating-point predictor leaves native-order values whatever the file order; it
+        # shuffles the bytes of a whole row, so only rows narrow its work (and it cannot work in place)
+        src = raw.view(layout.native).reshape(r, w, s)[first_row:]
         out = np.empty_like(src)
-        return imagecodecs.floatpred_decode(src, axis=-2, out=out)
-    arr = raw.view(layout.stored).reshape(r, w, s)
+        return imagecodecs.floatpred_decode(src, axis=-2, out=out)[:, :cols]
+    arr = raw.view(layout.stored).reshape(r, w, s)[first_row:, :cols]
     if not layout.stored.isnative:
         if writable:
             arr = arr.byteswap(inplace=True).view(layout.native)
         else:
             arr = arr.astype(layout.native)
-    elif not writable:
-        arr = arr.copy()
-    if predictor == 2:
-        # integer wrap-around on the unsigned bit patterns (floats too, as libtiff does)
-        bitsview = arr.view(_UNSIGNED[layout.stored.itemsize])
-        imagecodecs.delta_decode(bitsview, axis=-2, out=bitsview)
-    return arr
+        writable = True
+    if predictor != 2:
+        return arr
+    # integer wrap-around on the unsigned bit patterns (floats too, as libtiff does)
+    unsigned = _UNSIGNED[layout.stored.itemsize]
+    out = arr if writable else np.empty(arr.shape, layout.native)
+    imagecodecs.delta_decode(arr.view(unsigned), axis=-2, out=out.view(unsigned))
+    return out
 
 
 # --- byte codecs: return (uint8 array, writable); at most `full` bytes, at least `need` if the stream has them
