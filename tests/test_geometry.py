@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import duckdb
 import numpy as np
 import pyarrow as pa
@@ -210,6 +212,50 @@ def test_transformer_is_cached_and_same_crs_is_a_no_op() -> None:
     assert get_transformer(4326, "EPSG:32633") is get_transformer("EPSG:4326", "EPSG:32633")
     assert get_transformer(4326, "EPSG:4326") is None
     assert transform_geometry(POLY, 4326, "EPSG:4326") is POLY
+
+
+def _utm_codes() -> list[int]:
+    return [base + zone for base in (32600, 32700) for zone in range(1, 61)]
+
+
+def test_wgs84_utm_moves_equal_pyproj_bit_for_bit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """EPSG:4326 <-> WGS 84 / UTM (all 120 zones) and UTM <-> UTM skip PROJ's database, with PROJ's own
+    pipeline: every coordinate equals Transformer.from_crs's bit for bit, unprojectable ones included."""
+    rng = np.random.default_rng(7)
+    lon = np.concatenate([rng.uniform(-180, 180, 400), [0.0, 179.999, -180.0, 12.0, 13.0, 500.0]])
+    lat = np.concatenate([rng.uniform(-85, 85, 400), [0.0, 84.0, -80.0, 90.0, -90.0, 95.0]])
+    oracle = {}
+    codes = _utm_codes()
+    pairs = [(4326, c) for c in codes] + [(c, 4326) for c in codes] + [(32632, 32633), (32733, 32601), (32760, 32660)]
+    for a, b in pairs:
+        oracle[a, b] = pyproj.Transformer.from_crs(f"EPSG:{a}", f"EPSG:{b}", always_xy=True)
+    geometry_module = sys.modules[get_transformer.__module__]
+    geometry_module._transformer.cache_clear()
+
+    def no_database(*_a: object, **_k: object) -> None:
+        raise AssertionError("PROJ's database was used")
+
+    monkeypatch.setattr(pyproj.Transformer, "from_crs", no_database)
+    for (a, b), ref in oracle.items():
+        x, y = (lon, lat) if a == 4326 else ref_inverse_points(a, lon, lat)
+        tr = get_transformer(a, f"epsg:{b}" if b % 2 else b)  # keys in any case
+        assert tr is not None
+        got, want = tr.transform(x, y), ref.transform(x, y)
+        for g, w in zip(got, want, strict=True):
+            assert np.array_equal(np.asarray(g), np.asarray(w), equal_nan=True), (a, b)
+    assert get_transformer("EPSG:32632", 32632) is None
+    geometry_module._transformer.cache_clear()
+
+
+def ref_inverse_points(code: int, lon: np.ndarray, lat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Projected points of a UTM zone (from lon/lat near it, and the same far away)."""
+    zone_lon = (code % 100) * 6 - 183
+    tr = pyproj.Transformer.from_pipeline(
+        f"+proj=pipeline +step +proj=unitconvert +xy_in=deg +xy_out=rad +step +proj=utm +zone={code % 100} "
+        f"+ellps=WGS84{' +south' if code // 100 == 327 else ''}")
+    near_lon = zone_lon + (lon % 10.0) - 5.0
+    x, y = tr.transform(np.concatenate([near_lon, lon]), np.concatenate([lat, lat]))
+    return np.asarray(x), np.asarray(y)
 
 
 def test_untransformable_aoi_raises_geometry_error() -> None:
