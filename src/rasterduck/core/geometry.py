@@ -229,9 +229,9 @@ def _crs(key: str) -> pyproj.CRS:
 @lru_cache(maxsize=256)
 def _transformer(src: str, dst: str) -> pyproj.Transformer | None:
     """One Transformer per CRS pair (x/y in lon/lat order); None when the CRSs are the same."""
-    fast = _wgs84_utm(src), _wgs84_utm(dst)
-    if fast[0] is not None and fast[1] is not None:
-        return None if fast[0] == fast[1] else pyproj.Transformer.from_pipeline(_utm_pipeline(*fast))
+    a, b = _wgs84_utm(src), _wgs84_utm(dst)
+    if a is not None and b is not None:
+        return None if a == b else pyproj.Transformer.from_pipeline(_utm_pipeline(a, b))
     return _crs_transformer(src, dst)
 
 
