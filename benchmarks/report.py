@@ -208,7 +208,8 @@ def markdown(doc: dict[str, Any]) -> str:
               "tile of each cut after its last needed row (the smallest prefix that inflates to those rows: what must be "
               "fetched and decoded; the fetch floor receives exactly these ranges); decode timed here, "
               "single-threaded, per needed tile as the cheapest of libdeflate on the whole tile and zlib or ISA-L stopped at "
-              "the last needed row, plus predictor 2 on those rows. The full-tile column decodes every tile completely. "
+              "the last needed row, plus predictor 2 where reads use it (from the first needed row, up to the last needed column). "
+              "The full-tile column decodes every tile completely. "
               "S4: one request per file holding its whole header, 64 in flight.", "",
               "| scenario | latency | files | tiles | rows decoded | requests | waves | MB | transfer s | latency x waves + transfer s | measured fetch floor s | decode needed rows / cores s | decode full tiles / cores s | bound s | bound (full-tile decode) s | formula-only bound s | rasterduck work s | distance | distance to formula-only |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
