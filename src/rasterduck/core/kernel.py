@@ -509,6 +509,7 @@ def read_pairs(ctx: KernelContext, recs: ChunkRecords, geoms: Sequence[Geom], ba
     # joins repeat each AOI for every record: the read kernel moves each distinct AOI once per CRS pair
     # (parse_geoms shares one object per distinct WKB, so it recognises the repeats)
     todo: list[int] = []
+    todo_codes: list[Sequence[str]] = []
     for i in range(n):
         g = geoms[i]
         rid = recs.ids[i]
@@ -521,10 +522,10 @@ def read_pairs(ctx: KernelContext, recs: ChunkRecords, geoms: Sequence[Geom], ba
             out[i] = RasterduckError("no bands requested", record_id=rid)
         else:
             todo.append(i)
+            todo_codes.append(codes)
     reqs: list[ReadRequest] = []
     where: list[int] = []
-    codes_of = [bands[i] or [] for i in todo]
-    for i, srcs in zip(todo, recs.sources_many(todo, codes_of), strict=True):
+    for i, srcs in zip(todo, recs.sources_many(todo, todo_codes), strict=True):
         if isinstance(srcs, RasterduckError):
             out[i] = srcs
             continue
