@@ -45,6 +45,11 @@ READERS = {
     "rasterduck-sql": Reader("rasterduck-sql", "reader_sql.py", VENV_PY, True),
     "rasterduck-sql-raw": Reader("rasterduck-sql-raw", "reader_sql.py", VENV_PY, True,
                                  (("RASTERDUCK_BENCH_SQL_FUNCTION", "load_bands_raw"),)),
+    "rasterduck-sql-floor": Reader("rasterduck-sql-floor", "reader_sql.py", VENV_PY, True,
+                                   (("RASTERDUCK_BENCH_SQL_FUNCTION", "floor"),)),
+    # not timed: a real SQL run that saves its result beside the spec for the floor's runs
+    "rasterduck-sql-save": Reader("rasterduck-sql-save", "reader_sql.py", VENV_PY, True,
+                                  (("RASTERDUCK_BENCH_SQL_DUMP", "1"),)),
     "rasterduck": Reader("rasterduck", "reader_rasterduck.py", VENV_PY, True),
     "rasterio": Reader("rasterio", "reader_rasterio.py", VENV_PY, False),
     "rasteret": Reader("rasteret", "reader_rasteret.py", VENV312_PY, False),
@@ -210,4 +215,7 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "contention_max": max(r.get("contention", 0.0) for r in good),
         "attempts": sum(r.get("attempts", 1) for r in good),
         "extra": good[-1].get("extra", {}),
+        # medians of the phase times some readers report (the API's open_collection, the floor's lookups)
+        "extra_medians": {k: med(lambda r, k=k: r["extra"][k]) for k in ("open_s", "lookup_s")
+                          if all(k in r.get("extra", {}) for r in good)},
     }

@@ -18,6 +18,7 @@ from common import Run, key, main_guard, pixel_hash
 run = Run("rasterduck")
 
 import asyncio  # noqa: E402
+import time  # noqa: E402
 
 import shapely  # noqa: E402
 import shapely.geometry  # noqa: E402
@@ -72,6 +73,7 @@ def body() -> dict[str, str]:
     bands = spec["bands"]
     aois = [shapely.from_wkb(bytes.fromhex(a["wkb"])) for a in spec["aois"]]
     coll = rasterduck.open_collection(spec["rasterduck_collection"])
+    run.extra["open_s"] = time.time() - run.t_imported
     out = None if spec.get("api") == "accessor" else _via_collection_read(coll, spec, aois)
     run.extra["api"] = "Collection.read"
     if out is None:

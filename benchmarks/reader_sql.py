@@ -6,6 +6,12 @@
 With RASTERDUCK_BENCH_SQL_FUNCTION=load_bands_raw (the harness's "rasterduck-sql-raw") the same query
 calls load_bands_raw: pixels as BLOBs instead of lists.
 
+With RASTERDUCK_BENCH_SQL_FUNCTION=floor (the harness's "rasterduck-sql-floor") it measures DuckDB's own
+share of the SQL read: the same attach and query, but `load_bands` is a UDF that hands back the result a
+real run saved beforehand (RASTERDUCK_BENCH_SQL_DUMP=1 writes it beside the spec). What is left is
+attaching, scanning and joining, handing each row to Python and taking the result lists back: the part of
+the SQL read that no work on our read can remove. The UDF's own lookup time is reported (`extra.lookup_s`).
+
 For read scenarios the whole result is fetched as Arrow the way the README advises for large windows,
 `to_arrow_table(batch_size=8)`: DuckDB converts nested LIST columns to Arrow ~2.5x faster in small
 batches (S3: 0.08 against 0.20 s), and small windows (S2) take the same ~10 ms either way. For the
@@ -19,14 +25,16 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import Run, SkipReader, key, main_guard, peak_rss_mb, pixel_hash
 
 FUNCTION = os.environ.get("RASTERDUCK_BENCH_SQL_FUNCTION", "load_bands")
+DUMP = os.environ.get("RASTERDUCK_BENCH_SQL_DUMP") == "1"
 FETCH_BATCH = 8  # rows per Arrow batch of the fetched result (the README's advice for large windows)
-run = Run("rasterduck-sql-raw" if FUNCTION == "load_bands_raw" else "rasterduck-sql")
+run = Run({"load_bands_raw": "rasterduck-sql-raw", "floor": "rasterduck-sql-floor"}.get(FUNCTION, "rasterduck-sql"))
 
 import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
@@ -41,8 +49,50 @@ try:
     rasterduck.attach  # noqa: B018
 except (ImportError, AttributeError) as exc:
     _IMPORT_ERROR = f"rasterduck SQL surface not importable yet ({type(exc).__name__}: {exc})"
-import duckdb  # noqa: E402, F401
+import duckdb  # noqa: E402
 
+
+def saved_result_path(spec_path: str) -> Path:
+    """Where a real run of the query leaves its result for the floor reader."""
+    return Path(spec_path).with_suffix(".sql-result.arrow")
+
+
+class SavedResult:
+    """The floor's UDF: the saved `load_bands` result, found by (record id, AOI bytes) as DuckDB passes them."""
+
+    def __init__(self, spec: dict, spec_path: str) -> None:
+        import pyarrow.ipc as ipc
+
+        path = saved_result_path(spec_path)
+        if not path.exists():
+            raise SkipReader(f"no saved SQL result at {path} (the harness writes it before the floor's runs)")
+        with ipc.open_file(path) as f:
+            table = f.read_all()
+        self.px = table.column("px").combine_chunks()
+        # the AOIs as DuckDB hands them to a UDF (its Arrow export of the pairs' GEOMETRY column)
+        pairs = duckdb.connect().sql(f"SELECT aoi_id, geom FROM read_parquet('{_sql_text(spec['pairs_parquet'])}')")
+        wkb_of = dict(zip(*(c.to_pylist() for c in pairs.to_arrow_table().columns), strict=True))
+        keys = zip(table.column("scene_id").to_pylist(), table.column("aoi_id").to_pylist(), strict=True)
+        self.row = {(sid, wkb_of[aoi]): i for i, (sid, aoi) in enumerate(keys)}
+        self.lookup_s = 0.0
+
+    def __call__(self, records: pa.ChunkedArray, geoms: pa.ChunkedArray, _bands: pa.ChunkedArray) -> pa.Array:
+        t0 = time.perf_counter()
+        recs = records.combine_chunks() if isinstance(records, pa.ChunkedArray) else records
+        ids = recs.field("id").to_pylist()
+        wkbs = (geoms.combine_chunks() if isinstance(geoms, pa.ChunkedArray) else geoms).to_pylist()
+        idx = [self.row[k] for k in zip(ids, wkbs, strict=True)]
+        run_of_rows = bool(idx) and idx == list(range(idx[0], idx[0] + len(idx)))
+        out = self.px.slice(idx[0], len(idx)) if run_of_rows else self.px.take(pa.array(idx, pa.int64()))
+        self.lookup_s += time.perf_counter() - t0
+        return out
+
+
+def _sql_text(value: str) -> str:
+    return value.replace("'", "''")
+
+
+saved = SavedResult(run.spec, run.spec_path) if FUNCTION == "floor" and _IMPORT_ERROR is None else None
 run.imported()
 
 
@@ -79,13 +129,20 @@ def body() -> dict[str, str]:
         raise SkipReader(_IMPORT_ERROR)
     spec = run.spec
     con = rasterduck.connect()
+    function = FUNCTION
+    if saved is not None:
+        from rasterduck.duck.types import arrow_to_duck
+
+        con.create_function("saved_load_bands", saved, None, arrow_to_duck(saved.px.type),  # type: ignore[arg-type]
+                            type="arrow", null_handling="special")
+        function = "saved_load_bands"
     run.session_opened()  # opening a database and registering the functions: once per session, reported apart
     rasterduck.attach(con, "scenes", spec["rasterduck_collection"])
     # the AOI pairs as a user keeps them: a Parquet file (written by the harness, run.py write_pairs)
     con.execute("CREATE TEMP VIEW pairs AS FROM read_parquet('" + spec["pairs_parquet"].replace("'", "''") + "')")
     n_pairs = sum(len(idx) for _s, idx in spec["pairs"])
     band_list = ", ".join(f"'{b}'" for b in spec["bands"])
-    sql = (f"SELECT p.aoi_id, r.id AS scene_id, {FUNCTION}(r, p.geom, [{band_list}]) AS px "
+    sql = (f"SELECT p.aoi_id, r.id AS scene_id, {function}(r, p.geom, [{band_list}]) AS px "
            "FROM scenes r JOIN pairs p ON r.id = p.scene_id")
     run.extra["rows"] = n_pairs
     if spec["kind"] == "stream":
@@ -109,6 +166,13 @@ def body() -> dict[str, str]:
     rel = con.sql(sql)  # a relation: DuckDB 2 warns that execute(...).to_arrow_table() copies the rows once more
     table = rel.to_arrow_table(batch_size=FETCH_BATCH) if hasattr(rel, "to_arrow_table") else rel.arrow()
     run.done()
+    if saved is not None:
+        run.extra["lookup_s"] = saved.lookup_s
+    if DUMP:
+        import pyarrow.ipc as ipc
+
+        with ipc.new_file(saved_result_path(run.spec_path), table.schema) as w:
+            w.write_table(table)
     out: dict[str, str] = {}
     for batch in table.to_batches():
         out.update(_row_hashes(batch, None))
