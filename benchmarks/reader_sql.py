@@ -93,6 +93,8 @@ def _sql_text(value: str) -> str:
 
 
 saved = SavedResult(run.spec, run.spec_path) if FUNCTION == "floor" and _IMPORT_ERROR is None else None
+if DUMP:  # a failed save must not leave an older run's result for the floor
+    saved_result_path(run.spec_path).unlink(missing_ok=True)
 run.imported()
 
 
