@@ -46,7 +46,7 @@ from ..errors import (
     RasterduckError,
     TruncatedTileError,
 )
-from ..gcpause import without_gc
+from ..gcpause import without_gc_step
 from ..io.backend import Counters
 from ..io.ranges import DEFAULT_MAX_GAP, DEFAULT_MAX_SIZE, coalesce
 from ..tiff.decode import decode_tile, prefix_length
@@ -641,7 +641,7 @@ def _check_same_grid(req: ReadRequest) -> None:
                                   "them separately", record_id=req.record_id, band=src.band)
 
 
-@without_gc
+@without_gc_step
 def plan_jobs(planner: _Planner, requests: Sequence[ReadRequest], budget: int | None = DEFAULT_PIXEL_BUDGET
               ) -> list[_Job | BaseException | None]:
     """Window, masks and fill per request (or None / the error); no I/O, no pixel arrays yet.
@@ -718,7 +718,7 @@ def file_groups(jobs: Sequence[_Job | BaseException | None]) -> list[list[_Job]]
     return list(groups.values())
 
 
-@without_gc
+@without_gc_step
 def allocate_group(planner: _Planner, group: Sequence[_Job]) -> dict[_TileKey, _Tile]:
     """Create the arrays of a group's jobs and return the tiles they need (a job that cannot be
     allocated keeps the error)."""
@@ -730,7 +730,7 @@ def allocate_group(planner: _Planner, group: Sequence[_Job]) -> dict[_TileKey, _
     return planner.take_tiles()
 
 
-@without_gc
+@without_gc_step
 def rasterize_aois(jobs: Sequence[_Job | BaseException | None]) -> None:
     """Rasterise every job's AOI mask (CPU work the caller overlaps with fetching: masks are needed only
     when the results are finished). Each distinct (AOI, grid, window) is rasterised once, all of a batch's
@@ -1056,7 +1056,7 @@ async def read_batch(requests: Sequence[ReadRequest], backend: Any, *, pixel_bud
     return out
 
 
-@without_gc
+@without_gc_step
 def _finish_all(jobs: Sequence[_Job | BaseException | None]) -> list[ReadResult | BaseException | None]:
     out: list[ReadResult | BaseException | None] = []
     for j in jobs:
