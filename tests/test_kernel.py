@@ -388,3 +388,21 @@ def test_band_sources_of_a_chunk_match_row_by_row_parsing(records: dict[str, pa.
     assert bad.url == row["assets"]["b1"]["href"]
     missing = got[6]
     assert isinstance(missing, BandNotFoundError) and missing.record_id == "shade" and "'nope'" in str(missing)
+    # one list object per row (not shared, as band_lists shares them): the same sources, row by row
+    fresh = K.ChunkRecords(recs, K.MetadataCache()).sources_many(list(range(len(order))), [list(c) for c in codes])
+    for a, b in zip(got, fresh, strict=True):
+        if isinstance(a, list):
+            assert isinstance(b, list) and [(s.url, s.band) for s in a] == [(s.url, s.band) for s in b]
+        else:
+            assert type(a) is type(b) and str(a) == str(b)
+
+
+def test_band_lists_share_one_list_per_band_set() -> None:
+    lists = K.band_lists(pa.array([["a", "b"], None, ["a", "b"], ["c"], ["a", "b"]], pa.list_(pa.string())))
+    assert lists == [["a", "b"], None, ["a", "b"], ["c"], ["a", "b"]]
+    assert lists[0] is lists[2] is lists[4] and lists[3] is not lists[0]
+    text = K.band_lists(pa.array(["x", None, "x", "y"]))
+    assert text == [["x"], None, ["x"], ["y"]] and text[0] is text[2]
+    const = K.band_lists(["a", "b"], 3)
+    assert const == [["a", "b"]] * 3 and const[0] is const[2]
+    assert K.band_lists("a", 2) == [["a"], ["a"]]

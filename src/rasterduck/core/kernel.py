@@ -219,10 +219,15 @@ class ChunkRecords:
         took 21 ms one Arrow scalar at a time, ~3 ms in runs."""
         keys: list[tuple[Any, ...]] = []
         firsts: dict[tuple[Any, ...], int] = {}
+        last: Sequence[str] | None = None
+        wanted_key: tuple[str, ...] = ()
+        cols: list[_BandColumns | None] = []
         for i, wanted in zip(rows, codes, strict=True):
-            cols = [self._columns(c) for c in wanted]
-            key = (self.ids[i], self.crs[i], tuple(wanted),
-                   tuple((c.hrefs[i], c.indexes[i]) if c is not None else None for c in cols))
+            if wanted is not last:  # band_lists shares one list among the rows asking the same bands
+                last, wanted_key = wanted, tuple(wanted)
+                cols = [self._columns(c) for c in wanted]
+            key = (self.ids[i], self.crs[i], wanted_key,
+                   tuple([(c.hrefs[i], c.indexes[i]) if c is not None else None for c in cols]))
             keys.append(key)
             if key not in self._sources:
                 firsts.setdefault(key, i)
@@ -390,18 +395,20 @@ def geometry_crs_values(geometry_crs: CrsArg, n: int, geoms: pa.Array | pa.Chunk
 
 
 def band_lists(values: BandsArg, n: int | None = None) -> list[list[str] | None]:
-    """The bands argument per row: a list array, a text array (one band), or one list for all `n` rows."""
+    """The bands argument per row: a list array, a text array (one band), or one list for all `n` rows.
+    Rows asking for the same bands share one list object (read-only), so per-row work can key on it."""
     if isinstance(values, str):
         values = [values]
     if not isinstance(values, pa.Array | pa.ChunkedArray):
         if n is None:
             raise TypeError("band_lists needs the row count for a constant band list")
-        codes = [str(v) for v in values]
-        return [list(codes) for _ in range(n)]
+        return [[str(v) for v in values]] * n
     arr = combine(values)
+    rows: list[Any] = arr.to_pylist()
     if pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type):
-        return [[v] if v is not None else None for v in arr.to_pylist()]
-    return [list(v) if v is not None else None for v in arr.to_pylist()]
+        rows = [[v] if v is not None else None for v in rows]
+    shared: dict[tuple[str, ...], list[str]] = {}
+    return [None if v is None else shared.setdefault(tuple(v), v) for v in rows]
 
 
 # ---- context ---------------------------------------------------------------------------------------
