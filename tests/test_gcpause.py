@@ -132,14 +132,20 @@ def test_one_long_sql_call_is_not_stopped_for_a_collection(server: RangeServer,
     monkeypatch.setattr(gc, "collect", counting_collect)
     steps: list[bool] = []
     _spy(monkeypatch, read, "_finish", steps)
+    _con, rows = _sql_read(coll, aois)
+    assert len(rows) == len(aois) and steps and not any(steps)
+    assert collections == []
+    assert gc.isenabled() and paused_depth() == 0
+
+
+def _sql_read(coll: Any, aois: list[Any]) -> tuple[Any, list[Any]]:
+    """The README's join over `coll` attached as a table and the AOIs as WKT rows: (connection, rows)."""
     con = rasterduck.connect()
     rasterduck.attach(con, "coll", coll)
     values = ", ".join(f"('{g.wkt}')" for g in aois)
     rows = con.execute(f"SELECT load_bands(r, a.g::VARCHAR, ['b1']) AS px FROM coll r, (VALUES {values}) a(g)"
                        ).fetchall()
-    assert len(rows) == len(aois) and steps and not any(steps)
-    assert collections == []
-    assert gc.isenabled() and paused_depth() == 0
+    return con, rows
 
 
 def _spy(monkeypatch: pytest.MonkeyPatch, module: Any, name: str, seen: list[bool]) -> None:
@@ -180,11 +186,7 @@ def test_sql_call_runs_paused_and_an_error_restores_the_collector(server: RangeS
     coll, aois = _collection_and_aois(server)
     built: list[bool] = []
     _spy(monkeypatch, kernel, "load_bands_array", built)
-    con = rasterduck.connect()
-    rasterduck.attach(con, "coll", coll)
-    values = ", ".join(f"('{g.wkt}')" for g in aois)
-    rows = con.execute(f"SELECT load_bands(r, a.g::VARCHAR, ['b1']) AS px FROM coll r, (VALUES {values}) a(g)"
-                       ).fetchall()
+    con, rows = _sql_read(coll, aois)
     assert len(rows) == len(aois) and all(np.asarray(px["data"][0]).size for (px,) in rows)
     assert built == [False]
     assert gc.isenabled() and paused_depth() == 0
