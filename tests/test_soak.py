@@ -62,8 +62,11 @@ def soak(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Soak]:
         yield Soak(path, srv, collection, random_aois(AOIS, seed=21, width=SIDE, height=SIDE, max_px=12))
 
 
-def _backend() -> DefaultBackend:
-    return DefaultBackend(http=SOAK_HTTP, max_gap=0, max_size=1)  # every tile is its own request
+def _backend(*, faults: bool) -> DefaultBackend:
+    """Every tile its own request. Without faults nothing stalls: a generous read timeout keeps a loaded
+    machine from causing retries, so the fault-free run can require none (a CI run once saw 2 at 0.3 s)."""
+    http = SOAK_HTTP if faults else replace(SOAK_HTTP, read_timeout=10.0)
+    return DefaultBackend(http=http, max_gap=0, max_size=1)
 
 
 def _inject(srv: RangeServer) -> list[Fault]:
@@ -97,8 +100,8 @@ def test_soak_sql(soak: Soak) -> None:
     sql = ("SELECT r.id, a.aid, load_bands(r, a.geom, ['b1']) AS px FROM scenes r, aois a "
            "ORDER BY r.id, a.aid")
 
-    def run() -> tuple[pa.Table, DefaultBackend, float]:
-        backend = _backend()
+    def run(faults: bool) -> tuple[pa.Table, DefaultBackend, float]:
+        backend = _backend(faults=faults)
         con = rasterduck.connect(backend=backend)
         try:
             rasterduck.attach(con, "scenes", soak.collection)
@@ -113,12 +116,12 @@ def test_soak_sql(soak: Soak) -> None:
             run_sync(backend.close())
 
     _fresh(srv)
-    clean, clean_backend, clean_s = run()
+    clean, clean_backend, clean_s = run(False)
     assert clean.num_rows == SCENES * AOIS
     assert clean_backend.stats.retries == 0
     _fresh(srv)
     faults = _inject(srv)
-    faulty, backend, faulty_s = run()
+    faulty, backend, faulty_s = run(True)
     srv.clear_faults()
     assert faulty.equals(clean)  # every row: same pixels, masks, windows, transforms
     fired = sum(f.fired for f in faults)
@@ -139,8 +142,8 @@ def test_soak_sql(soak: Soak) -> None:
 def test_soak_python(soak: Soak) -> None:
     srv = soak.server
 
-    def run() -> tuple[dict[tuple[str, int], Any], DefaultBackend, float]:
-        backend = _backend()
+    def run(faults: bool) -> tuple[dict[tuple[str, int], Any], DefaultBackend, float]:
+        backend = _backend(faults=faults)
         try:
             t0 = time.perf_counter()
             out = soak.collection.read(soak.aois, ["b1"], backend=backend)
@@ -149,11 +152,11 @@ def test_soak_python(soak: Soak) -> None:
             run_sync(backend.close())
 
     _fresh(srv)
-    clean, _, clean_s = run()
+    clean, _, clean_s = run(False)
     assert len(clean) == SCENES * AOIS
     _fresh(srv)
     faults = _inject(srv)
-    faulty, backend, faulty_s = run()
+    faulty, backend, faulty_s = run(True)
     srv.clear_faults()
     same_pixels(faulty, clean)
     fired = sum(f.fired for f in faults)
