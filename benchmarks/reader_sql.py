@@ -52,6 +52,16 @@ except (ImportError, AttributeError) as exc:
 import duckdb  # noqa: E402
 
 
+def _sql_text(value: str) -> str:
+    """`value` inside a single-quoted SQL literal."""
+    return value.replace("'", "''")
+
+
+def _contiguous(values: pa.ChunkedArray | pa.Array) -> pa.Array:
+    """One Arrow array from a UDF argument (DuckDB may pass several chunks)."""
+    return values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+
+
 def saved_result_path(spec_path: str) -> Path:
     """Where a real run of the query leaves its result for the floor reader."""
     return Path(spec_path).with_suffix(".sql-result.arrow")
@@ -78,18 +88,13 @@ class SavedResult:
 
     def __call__(self, records: pa.ChunkedArray, geoms: pa.ChunkedArray, _bands: pa.ChunkedArray) -> pa.Array:
         t0 = time.perf_counter()
-        recs = records.combine_chunks() if isinstance(records, pa.ChunkedArray) else records
-        ids = recs.field("id").to_pylist()
-        wkbs = (geoms.combine_chunks() if isinstance(geoms, pa.ChunkedArray) else geoms).to_pylist()
+        ids = _contiguous(records).field("id").to_pylist()
+        wkbs = _contiguous(geoms).to_pylist()
         idx = [self.row[k] for k in zip(ids, wkbs, strict=True)]
         run_of_rows = bool(idx) and idx == list(range(idx[0], idx[0] + len(idx)))
         out = self.px.slice(idx[0], len(idx)) if run_of_rows else self.px.take(pa.array(idx, pa.int64()))
         self.lookup_s += time.perf_counter() - t0
         return out
-
-
-def _sql_text(value: str) -> str:
-    return value.replace("'", "''")
 
 
 saved = SavedResult(run.spec, run.spec_path) if FUNCTION == "floor" and _IMPORT_ERROR is None else None
@@ -141,7 +146,7 @@ def body() -> dict[str, str]:
     run.session_opened()  # opening a database and registering the functions: once per session, reported apart
     rasterduck.attach(con, "scenes", spec["rasterduck_collection"])
     # the AOI pairs as a user keeps them: a Parquet file (written by the harness, run.py write_pairs)
-    con.execute("CREATE TEMP VIEW pairs AS FROM read_parquet('" + spec["pairs_parquet"].replace("'", "''") + "')")
+    con.execute(f"CREATE TEMP VIEW pairs AS FROM read_parquet('{_sql_text(spec['pairs_parquet'])}')")
     n_pairs = sum(len(idx) for _s, idx in spec["pairs"])
     band_list = ", ".join(f"'{b}'" for b in spec["bands"])
     sql = (f"SELECT p.aoi_id, r.id AS scene_id, {function}(r, p.geom, [{band_list}]) AS px "
@@ -157,7 +162,7 @@ def body() -> dict[str, str]:
         rss_base = peak_rss_mb()
         for batch in reader:
             rows += batch.num_rows
-            h = batch.column("px").combine_chunks() if isinstance(batch.column("px"), pa.ChunkedArray) else batch.column("px")
+            h = _contiguous(batch.column("px"))
             heights = h.field("height").fill_null(0).to_numpy(zero_copy_only=False)
             widths = h.field("width").fill_null(0).to_numpy(zero_copy_only=False)
             pixels += int((heights.astype(np.int64) * widths).sum())
