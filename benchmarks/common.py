@@ -41,6 +41,12 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def _cpu_seconds() -> float:
+    """User + system CPU seconds of this process (all its threads) so far."""
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
 class Run:
     """Timing and output of one reader process: `imported()`, `done()`, then `finish(hashes)`."""
 
@@ -50,12 +56,13 @@ class Run:
         self.spec: dict[str, Any] = json.loads(open(self.spec_path).read())
         self.t_imported = self.t_done = self.t_session = 0.0
         self.rss_done = 0.0
-        self.cpu_done = 0.0
+        self.cpu_done = self.cpu_imported = 0.0
         self.extra: dict[str, Any] = {}
 
     def imported(self) -> None:
-        """Mark the end of imports: work time starts here."""
+        """Mark the end of imports: work time (and work CPU) starts here."""
         self.t_imported = time.time()
+        self.cpu_imported = _cpu_seconds()
 
     def session_opened(self) -> None:
         """Mark the end of a once-per-process session setup inside the work (the SQL reader's
@@ -66,8 +73,7 @@ class Run:
         """Mark the end of the work (all pixels in memory): wall and work time stop here."""
         self.t_done = time.time()
         self.rss_done = peak_rss_mb()
-        ru = resource.getrusage(resource.RUSAGE_SELF)
-        self.cpu_done = ru.ru_utime + ru.ru_stime
+        self.cpu_done = _cpu_seconds()
 
     def write(self, payload: dict[str, Any]) -> None:
         """Write OUT.json."""
@@ -80,7 +86,8 @@ class Run:
             "reader": self.reader, "import_s": self.t_imported - self.start_ts,
             "work_s": self.t_done - self.t_imported, "wall_s": self.t_done - self.start_ts,
             "session_s": self.t_session - self.t_imported if self.t_session else 0.0,
-            "rss_peak_mb": self.rss_done, "cpu_s": self.cpu_done, "hashes": hashes, "extra": self.extra,
+            "rss_peak_mb": self.rss_done, "cpu_s": self.cpu_done,
+            "work_cpu_s": self.cpu_done - self.cpu_imported if self.cpu_imported else None, "hashes": hashes, "extra": self.extra,
         })
 
     def skip(self, reason: str) -> None:

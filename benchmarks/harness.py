@@ -68,6 +68,7 @@ class Server:
     """One RangeServer process (tests/httpserver.py CLI) on a fixed port."""
 
     def __init__(self, root: Path, port: int, latency: float, bandwidth: float | None = None) -> None:
+        self.cpu0: float | None = None
         cmd = [str(VENV_PY), str(SERVER_SCRIPT), str(root), "--port", str(port), "--latency", str(latency)]
         if bandwidth:
             cmd += ["--bandwidth", str(bandwidth)]
@@ -76,19 +77,32 @@ class Server:
             assert self.proc.stdout is not None
             line = self.proc.stdout.readline()
             if line.startswith("serving"):
+                self.cpu0 = _process_cpu(self.proc.pid)  # its start-up (imports) is not the run's
                 return
             self.proc.wait()
             time.sleep(0.1 * (attempt + 1))  # the port may linger a moment after the previous run
         raise RuntimeError(f"the benchmark server did not start on port {port}: {self.proc.stderr.read() if self.proc.stderr else ''}")
 
-    def stop(self) -> dict[str, int]:
-        """Stop it; the counters of its lifetime."""
+    def stop(self) -> dict[str, float]:
+        """Stop it; the counters of its lifetime and the CPU seconds it used serving."""
+        cpu = _process_cpu(self.proc.pid)
+        cpu_s = cpu - self.cpu0 if cpu is not None and self.cpu0 is not None else -1.0
         self.proc.send_signal(signal.SIGTERM)
         _out, err = self.proc.communicate(timeout=30)
         m = re.search(r"requests=(\d+) bytes_sent=(\d+) peak_in_flight=(\d+)", err or "")
         if not m:
-            return {"requests": -1, "bytes": -1, "peak_in_flight": -1}
-        return {"requests": int(m[1]), "bytes": int(m[2]), "peak_in_flight": int(m[3])}
+            return {"requests": -1, "bytes": -1, "peak_in_flight": -1, "cpu_s": cpu_s}
+        return {"requests": int(m[1]), "bytes": int(m[2]), "peak_in_flight": int(m[3]), "cpu_s": cpu_s}
+
+
+def _process_cpu(pid: int) -> float | None:
+    """User + system CPU seconds of a running process (all threads; /proc, in clock ticks)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2:].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def reader_env(reader: Reader) -> dict[str, str]:
@@ -205,6 +219,11 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "status": "ok", "runs": len(good),
         "wall_s": med(lambda r: r["wall_s"]), "work_s": med(lambda r: r["work_s"]),
         "import_s": med(lambda r: r["import_s"]), "cpu_s": med(lambda r: r.get("cpu_s", 0.0)),
+        # CPU seconds of the work alone (without imports), and of the server meanwhile (None: not measured)
+        "work_cpu_s": (med(lambda r: r["work_cpu_s"]) if all(r.get("work_cpu_s") is not None for r in good)
+                       else None),
+        "server_cpu_s": (med(lambda r: r["server"]["cpu_s"])
+                         if all(r["server"].get("cpu_s", -1) >= 0 for r in good) else None),
         "session_s": med(lambda r: r.get("session_s", 0.0)),
         "read_s": med(lambda r: r["work_s"] - r.get("session_s", 0.0)),
         "work_s_all": [round(r["work_s"], 4) for r in good], "wall_s_all": [round(r["wall_s"], 4) for r in good],

@@ -88,7 +88,7 @@ def targets(doc: dict[str, Any]) -> list[dict[str, Any]]:
             if b:
                 d = rd["work_s"] / b
                 add(f"{sc} @{_ms(lat)}: work within 1.3x of the lower bound", "PASS" if d <= 1.3 else "MISS",
-                    f"{rd['work_s']:.2f} s / {b:.2f} s = {d:.2f}x")
+                    f"{rd['work_s']:.2f} s / {b:.2f} s = {d:.2f}x" + _cpu_text(rd, doc["cores"], b))
             floor = _ok(e, "rasterduck-sql-floor")
             for reader, what in (("rasterduck-sql", "SQL"), ("rasterduck-sql-raw", "SQL with load_bands_raw")):
                 sql = _ok(e, reader)
@@ -125,6 +125,18 @@ def targets(doc: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+def _cpu_text(rd: dict[str, Any], cores: int, bound: float) -> str:
+    """What the CPU the read used (its own work and the server's) allows on these cores, next to the bound."""
+    work, server = rd.get("work_cpu_s"), rd.get("server_cpu_s")
+    if work is None or server is None:
+        return ""
+    floor = (work + server) / cores
+    return (f". CPU: the read used {work:.3f} s and the server {server:.3f} s; spread over {cores} cores with none "
+            f"idle that is {floor:.3f} s ({floor / bound:.2f}x the bound), the least this run's work could take. "
+            f"The other {max(rd['work_s'] - floor, 0.0):.3f} s of the work ran with a core idle (waiting on the "
+            f"network, or on one thread)")
+
+
 def _floor_text(floor: dict[str, Any] | None, api: dict[str, Any]) -> str:
     """The SQL target's budget next to DuckDB's own share of the read (the floor reader)."""
     if floor is None:
@@ -139,6 +151,10 @@ def _floor_text(floor: dict[str, Any] | None, api: dict[str, Any]) -> str:
             + (f" plus the API's open_collection ({opened:.3f} s), which the SQL read does not repeat"
                if opened is not None else "")
             + f": {budget:.3f} s, so it is {'within' if share <= budget else 'over'} that budget")
+
+
+def _opt(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}"
 
 
 def _cell(r: dict[str, Any] | None) -> str:
@@ -187,12 +203,13 @@ def markdown(doc: dict[str, Any]) -> str:
         lines.append(f"| {e['scenario']} | {_ms(e['latency'])} | {cells} | {bcell} | {dist} |")
     summary_end = len(lines)
     lines += ["", "## Details", "",
-              "Runs: work s of each run. CPU s: the reader process's user+system seconds up to the end of its work. "
+              "Runs: work s of each run. CPU s: the reader process's user+system seconds up to the end of its work; "
+              "work CPU s: the same without its imports; server CPU s: what the server process used meanwhile. "
               "Other CPU s: the most CPU seconds other processes of the machine (not the reader, not the server) "
               "used during one kept run of the cell: noise from a shared machine; a run during which they took over "
               "10 % of the cores is repeated (up to twice) and the least contended attempt kept (attempts column).", "",
-              "| scenario | latency | reader | work s | wall s | runs | attempts | import s | session s | CPU s | other CPU s | requests | peak in flight | MB | peak RSS MB | pixels | peer work / rasterduck work |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "| scenario | latency | reader | work s | wall s | runs | attempts | import s | session s | CPU s | work CPU s | server CPU s | other CPU s | requests | peak in flight | MB | peak RSS MB | pixels | peer work / rasterduck work |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for e in doc["results"]:
         rd = _ok(e, "rasterduck")
         for rname in DETAIL_ORDER:
@@ -201,7 +218,7 @@ def markdown(doc: dict[str, Any]) -> str:
                 continue
             if r.get("status") not in ("ok", "pixels differ"):
                 lines.append(f"| {e['scenario']} | {_ms(e['latency'])} | {LABEL[rname]} | {r.get('status')}: "
-                             f"{str(r.get('reason', ''))[:160]} | | | | | | | | | | | | | |")
+                             f"{str(r.get('reason', ''))[:160]} | | | | | | | | | | | | | | | |")
                 continue
             chk = r.get("check", {})
             pix = (f"ok ({chk.get('compared', 0)})" if chk.get("ok") else
@@ -215,7 +232,8 @@ def markdown(doc: dict[str, Any]) -> str:
                 ratio = "-"
             runs_s = " ".join(f"{x:.2f}" for x in r.get("work_s_all", []))
             lines.append(f"| {e['scenario']} | {_ms(e['latency'])} | {LABEL[rname]} | {r['work_s']:.3f} | {r['wall_s']:.3f} | "
-                         f"{runs_s} | {r.get('attempts', '-')} | {r['import_s']:.2f} | {r.get('session_s', 0):.3f} | {r['cpu_s']:.2f} | {r.get('other_cpu_s', 0):.1f} | "
+                         f"{runs_s} | {r.get('attempts', '-')} | {r['import_s']:.2f} | {r.get('session_s', 0):.3f} | {r['cpu_s']:.2f} | "
+                         f"{_opt(r.get('work_cpu_s'))} | {_opt(r.get('server_cpu_s'))} | {r.get('other_cpu_s', 0):.1f} | "
                          f"{r['requests']:.0f} | {r['peak_in_flight']:.0f} | "
                          f"{r['mb']:.1f} | {r['rss_peak_mb']:.0f} | {pix} | {ratio} |")
     lines += ["", "## Lower bounds", "",
