@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -143,10 +144,30 @@ def test_keyboard_interrupt_cancels(server: RangeServer) -> None:
     seen: list[str] = []
     main = threading.main_thread().ident
     assert main is not None
-    timer = threading.Timer(0.3, signal.pthread_kill, args=(main, signal.SIGINT))
-    timer.start()
-    with pytest.raises(KeyboardInterrupt):
-        run_sync(_stalled(server, backend, seen))  # type: ignore[arg-type]
+    caught = threading.Event()
+
+    def press_ctrl_c() -> None:
+        # once the request is on the wire (the main thread waits in run_sync); pressed again only if 2 s
+        # later nothing was cancelled: a signal landing while the main thread runs a finalizer (__del__) is
+        # swallowed there
+        while server.in_flight == 0 and not caught.wait(0.01):
+            pass
+        for _ in range(10):
+            if caught.is_set() or seen:
+                return
+            signal.pthread_kill(main, signal.SIGINT)
+            deadline = time.monotonic() + 2.0
+            while not (caught.is_set() or seen) and time.monotonic() < deadline:
+                time.sleep(0.01)
+
+    presser = threading.Thread(target=press_ctrl_c, daemon=True)
+    presser.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_sync(_stalled(server, backend, seen))  # type: ignore[arg-type]
+    finally:
+        caught.set()
+        presser.join(5)
     assert seen == ["cancelled"]
     _assert_request_dropped(server)
     run_sync(backend.close())

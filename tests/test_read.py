@@ -643,3 +643,62 @@ def test_nodata_valid_is_gdals_dataset_mask(dtype: str, nodata: float) -> None:
             np.ones((5, 6), bool) if not holdable else
             (~np.isnan(bands[0]) if np.isnan(nodata) else bands[0] != dt.type(nodata)))
         assert np.array_equal(nodata_valid(bands, nodata), want)
+
+
+def test_a_nodata_the_dtype_cannot_hold_leaves_valid_to_the_aoi(tmp_path: Path, make_server: Callable[..., Any],
+                                                               backend: DefaultBackend) -> None:
+    """Metadata saying nodata 70000 on uint16 bands (GDAL writes such files; rasterio cannot): no pixel
+    matches it, so `valid` is the AOI alone, and pixels outside it hold the clamped fill."""
+    import dataclasses
+
+    from rasterio.features import geometry_mask
+
+    path = write_cog(tmp_path / "odd_nodata.tif", width=256, height=256, count=2, block=64)
+    srv = make_server()
+    sources = [dataclasses.replace(s, meta=dataclasses.replace(s.meta, nodata=70000.0))
+               for s in sources_of(srv.url(path.name))]
+    x0, y0 = ORIGIN
+    g = shapely.Polygon([(x0 + 20.5 * RES, y0 - 30.2 * RES), (x0 + 200.3 * RES, y0 - 40.7 * RES),
+                         (x0 + 90.1 * RES, y0 - 220.9 * RES)])
+    (r,) = read([ReadRequest("odd", g, "EPSG:32633", sources)], backend)
+    assert isinstance(r, ReadResult) and r.window is not None
+    win = RioWindow(r.window.col_off, r.window.row_off, r.window.width, r.window.height)
+    with rasterio.open(path) as src:
+        raw = src.read(window=win)
+        aoi = geometry_mask([g], out_shape=raw.shape[1:], transform=src.window_transform(win), invert=True)
+    assert (~aoi).any()
+    assert np.array_equal(r.valid, aoi)
+    assert np.array_equal(r.data, np.where(aoi, raw, np.uint16(65535)))
+
+
+@pytest.mark.parametrize(("dtype", "nodata"), [("uint16", 0), ("int16", -1), ("uint8", 7), ("float32", float("nan")),
+                                               ("float32", -9999.0)])
+def test_valid_is_the_aoi_and_gdals_dataset_mask(tmp_path: Path, make_server: Callable[..., Any],
+                                                 backend: DefaultBackend, dtype: str, nodata: float) -> None:
+    """Two bands with nodata pixels inside and outside the AOI, in one band or both: `data` is rasterio's
+    masked read filled with nodata, `valid` is inside the AOI and any band not nodata (GDAL's dataset mask)."""
+    rng = np.random.default_rng(11)
+    data = rng.integers(1, 100, (2, 256, 256)).astype(dtype)
+    both = rng.random((256, 256)) < 0.2
+    one = rng.random((256, 256)) < 0.2
+    data[:, both] = nodata
+    data[0, one] = nodata
+    path = write_cog(tmp_path / f"nd_{dtype}.tif", width=256, height=256, count=2, dtype=dtype, block=64,
+                     nodata=nodata, data=data)
+    srv = make_server()
+    sources = sources_of(srv.url(path.name))
+    x0, y0 = ORIGIN  # a triangle: the AOI mask matters
+    g = shapely.Polygon([(x0 + 20.5 * RES, y0 - 30.2 * RES), (x0 + 200.3 * RES, y0 - 40.7 * RES),
+                         (x0 + 90.1 * RES, y0 - 220.9 * RES)])
+    (r,) = read([ReadRequest("nd", g, "EPSG:32633", sources)], backend)
+    assert isinstance(r, ReadResult) and r.window is not None
+    assert np.array_equal(r.data, oracle(path, g), equal_nan=True)
+    from rasterio.features import geometry_mask
+
+    with rasterio.open(path) as src:
+        win = RioWindow(r.window.col_off, r.window.row_off, r.window.width, r.window.height)
+        aoi = geometry_mask([g], out_shape=(r.window.height, r.window.width), transform=src.window_transform(win),
+                            invert=True)
+        dataset = src.dataset_mask(window=win) != 0
+    assert aoi.any() and (~aoi).any() and (aoi & ~dataset).any()
+    assert np.array_equal(r.valid, aoi & dataset)
