@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -44,3 +45,18 @@ def make_server(tmp_path: Path) -> Iterator[Callable[..., RangeServer]]:
     yield make
     for srv in made:
         srv.stop()
+
+
+@pytest.fixture
+def ctrl_c_raises() -> Iterator[None]:
+    """SIGINT handled as in an interactive session, for a test that presses Ctrl-C (in this process, or in a
+    child it starts, which inherits an ignored SIGINT). A process started in the background by a
+    non-interactive shell (`nohup ... &`) begins with SIGINT ignored, and Python keeps it ignored."""
+    previous = signal.getsignal(signal.SIGINT)
+    if previous == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        if previous == signal.SIG_IGN:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)

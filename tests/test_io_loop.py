@@ -137,20 +137,6 @@ def test_cancel_token(server: RangeServer) -> None:
     run_sync(backend.close())
 
 
-@pytest.fixture
-def ctrl_c_raises() -> Iterator[None]:
-    """SIGINT raising KeyboardInterrupt for the test, as in an interactive session: a process started in
-    the background by a non-interactive shell inherits SIGINT ignored, and Python keeps it ignored."""
-    previous = signal.getsignal(signal.SIGINT)
-    if previous == signal.SIG_IGN:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        yield
-    finally:
-        if previous == signal.SIG_IGN:
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
 @pytest.mark.skipif(threading.current_thread() is not threading.main_thread(), reason="needs the main thread")
 def test_keyboard_interrupt_cancels(server: RangeServer, ctrl_c_raises: None) -> None:
     backend = DefaultBackend(http=SLOW)

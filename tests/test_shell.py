@@ -141,7 +141,7 @@ class Pty:
 
 
 def test_interactive_history_and_ctrl_c(collection: Path, make_server: Callable[..., RangeServer],
-                                        tmp_path: Path) -> None:
+                                        tmp_path: Path, ctrl_c_raises: None) -> None:
     slow = make_server(corpus_path("rio-tiler/cog.tif").parent)
     coll = rasterduck.build_collection([slow.url("cog.tif")])
     slow_path = coll.to_parquet(tmp_path / "slow.parquet")
