@@ -38,6 +38,7 @@ run = Run({"load_bands_raw": "rasterduck-sql-raw", "floor": "rasterduck-sql-floo
 
 import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
+import pyarrow.ipc as ipc  # noqa: E402
 
 import rasterduck  # noqa: E402
 
@@ -71,8 +72,6 @@ class SavedResult:
     """The floor's UDF: the saved `load_bands` result, found by (record id, AOI bytes) as DuckDB passes them."""
 
     def __init__(self, spec: dict, spec_path: str) -> None:
-        import pyarrow.ipc as ipc
-
         path = saved_result_path(spec_path)
         if not path.exists():
             raise SkipReader(f"no saved SQL result at {path} (the harness writes it before the floor's runs)")
@@ -176,8 +175,6 @@ def body() -> dict[str, str]:
     if saved is not None:
         run.extra["lookup_s"] = saved.lookup_s
     if DUMP:
-        import pyarrow.ipc as ipc
-
         with ipc.new_file(saved_result_path(run.spec_path), table.schema) as w:
             w.write_table(table)
     out: dict[str, str] = {}
