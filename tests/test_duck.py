@@ -550,6 +550,58 @@ def test_reference_examples_run_on_the_sample() -> None:
                 assert name.lower() in registered, name
 
 
+def _two_dtype_record(root: Path, srv: RangeServer) -> Path:
+    """A one-record collection with a uint16 band `a` and a float32 band `f` on one UTM grid (two files)."""
+    from rasterio.transform import from_origin
+
+    rng = np.random.default_rng(11)
+    hrefs = {}
+    for band, dtype in (("a", "uint16"), ("f", "float32")):
+        path = root / f"two_{band}.tif"
+        with rasterio.open(path, "w", driver="GTiff", width=64, height=48, count=1, dtype=dtype, crs="EPSG:32633",
+                           transform=from_origin(500_000.0, 5_000_000.0, 30.0, 30.0), tiled=True, blockxsize=16,
+                           blockysize=16, compress="deflate", nodata=0) as dst:
+            dst.write((rng.random((48, 64)) * 5000).astype(dtype), 1)
+        hrefs[band] = srv.url(path.name)
+    item = {"type": "Feature", "stac_version": "1.0.0", "id": "two", "geometry": None,
+            "properties": {"datetime": "2024-05-03T10:00:00Z"},
+            "assets": {k: {"href": v, "type": "image/tiff; application=geotiff"} for k, v in hrefs.items()}}
+    coll = rasterduck.build_collection(stac=[item])
+    assert not coll.errors(), coll.errors()
+    return coll.to_parquet(root / "two.parquet")
+
+
+def test_attach_with_bands_keeps_only_their_metadata(site: Site) -> None:
+    parquet = _two_dtype_record(site.root, site.server)
+    con = rasterduck.connect()
+    rasterduck.attach(con, "every", parquet)
+    rasterduck.attach(con, "a_only", parquet, bands=["a"])
+    cols = [d[0] for d in con.execute("SELECT * FROM a_only").description]
+    assert "a_metadata" in cols and "f_metadata" not in cols and "assets" in cols and "id" in cols
+    aoi = shapely.box(500_000 + 35, 5_000_000 - 1_000, 500_000 + 900, 5_000_000 - 95)
+    g = to_4326(aoi, "EPSG:32633")
+    q = "SELECT load_bands(r, '{}', ['a']) FROM {} r"
+    [(px_full,)] = con.execute(q.format(g.wkt, "every")).fetchall()
+    [(px_a,)] = con.execute(q.format(g.wkt, "a_only")).fetchall()
+    assert px_a == px_full
+    assert_result_matches(px_a, rasterio_pixels(site.root / "two_a.tif", g), "uint16")
+    # a band the view left out is named in the error
+    with pytest.raises(duckdb.Error, match="'f'"):
+        con.execute(q.format(g.wkt, "a_only").replace("['a']", "['f']")).fetchall()
+    # only the kept bands join the pixel-type rule: uint16 alone stays USMALLINT, with float32 it is FLOAT
+    solo = rasterduck.connect()
+    rasterduck.attach(solo, "a_only", parquet, bands=["a"])
+    assert '"data" USMALLINT[][]' in solo.execute(f"SELECT typeof(load_bands(r, '{g.wkt}', ['a'])) FROM a_only r").fetchall()[0][0]
+    assert '"data" FLOAT[][]' in con.execute(f"SELECT typeof(load_bands(r, '{g.wkt}', ['a'])) FROM a_only r").fetchall()[0][0]
+    # a Collection object is narrowed the same way; unknown bands and a bare string are refused at attach
+    rasterduck.attach(solo, "obj", rasterduck.open_collection(parquet), bands=["f"])
+    assert "a_metadata" not in [d[0] for d in solo.execute("SELECT * FROM obj").description]
+    with pytest.raises(rasterduck.errors.CollectionError, match=r"band 'zz'.*\['a', 'f'\]"):
+        rasterduck.attach(solo, "bad", parquet, bands=["zz"])
+    with pytest.raises(TypeError, match="list of band codes"):
+        rasterduck.attach(solo, "bad", parquet, bands="a")
+
+
 def test_register_is_idempotent_and_found_from_cursors(site: Site) -> None:
     con = rasterduck.connect()
     cur = con.cursor()

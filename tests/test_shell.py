@@ -105,6 +105,15 @@ def test_stdin_script_file_and_dot_commands(tmp_path: Path) -> None:
     assert text.splitlines()[-1] == "ndvi" and failed
 
 
+def test_attach_command_with_and_without_bands(collection: Path) -> None:
+    script = (f".attach every {collection}\n.attach b1_only {collection} b1\n.attach none {collection} b7\n.mode csv\n"
+              "SELECT count(*) AS n FROM (DESCRIBE every) WHERE column_name LIKE '%_metadata';\n"
+              "SELECT column_name FROM (DESCRIBE b1_only) WHERE column_name LIKE '%_metadata';\n")
+    text, err, failed = run_in_process(script)
+    assert text.splitlines() == ["n", "1", "column_name", "b1_metadata"]
+    assert failed and "band 'b7' has no metadata column" in err
+
+
 def test_errors_set_the_exit_code() -> None:
     out = shell("-c", "SELECT no_such_column")
     assert out.returncode == 1 and "Error:" in out.stderr and "no_such_column" in out.stderr

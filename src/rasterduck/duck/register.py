@@ -234,26 +234,47 @@ def _sql_str(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
+def _metadata_columns(schema: pa.Schema) -> list[str]:
+    """The `{band}_metadata` struct columns of a collection schema."""
+    return [n for n in schema.names if n.endswith("_metadata") and pa.types.is_struct(schema.field(n).type)]
+
+
+def _unread_band_columns(schema: pa.Schema, bands: Sequence[str], data_source: str, where: str) -> list[str]:
+    """The `{band}_metadata` columns no band of `bands` uses (aliases count, as in load_bands); a band with
+    no such column raises, naming the bands there are."""
+    from ..core.bands import candidates
+
+    meta = _metadata_columns(schema)
+    keep: set[str] = set()
+    for band in bands:
+        found = [f"{k}_metadata" for k in candidates(band, data_source) if f"{k}_metadata" in meta]
+        if not found:
+            have = sorted(n[: -len("_metadata")] for n in meta)
+            raise CollectionError(f"band {band!r} has no metadata column in {where} (bands: {have})")
+        keep.update(found)
+    return [n for n in meta if n not in keep]
+
+
 def _band_dtypes_arrow(table: pa.Table) -> set[str]:
     out: set[str] = set()
-    for col in table.column_names:
-        if col.endswith("_metadata") and pa.types.is_struct(table.schema.field(col).type):
-            vals = pc.unique(pc.struct_field(table[col], "dtype")).to_pylist()
-            out |= {str(v) for v in vals if v}
+    for col in _metadata_columns(table.schema):
+        vals = pc.unique(pc.struct_field(table[col], "dtype")).to_pylist()
+        out |= {str(v) for v in vals if v}
     return out
 
 
-def _band_dtypes_files(files: Sequence[Path], first: pq.ParquetFile, first_schema: pa.Schema) -> set[str] | None:
-    """Band dtypes from the Parquet files' `{band}_metadata.dtype` leaves (a few KB read); None when a
-    file cannot be read that way (then the view is asked). `first`: files[0], already open, and its
-    Arrow schema (`schema_arrow` converts the whole nested schema on every access: ~0.3 ms here)."""
+def _band_dtypes_files(files: Sequence[Path], first: pq.ParquetFile, first_schema: pa.Schema,
+                       skip: Sequence[str] = ()) -> set[str] | None:
+    """Band dtypes from the Parquet files' `{band}_metadata.dtype` leaves (a few KB read), columns in `skip`
+    left out; None when a file cannot be read that way (then the view is asked). `first`: files[0], already
+    open, and its Arrow schema (`schema_arrow` converts the whole nested schema on every access: ~0.3 ms)."""
     out: set[str] = set()
     try:
         for f in files:
             pf = first if f == files[0] else pq.ParquetFile(f)
             schema = first_schema if pf is first else pf.schema_arrow
-            cols = [n for n in schema.names if n.endswith("_metadata") and pa.types.is_struct(schema.field(n).type)
-                    and schema.field(n).type.get_field_index("dtype") >= 0]
+            cols = [n for n in _metadata_columns(schema)
+                    if n not in skip and schema.field(n).type.get_field_index("dtype") >= 0]
             if cols:
                 out |= _band_dtypes_arrow(pf.read(columns=[f"{c}.dtype" for c in cols]))
     except (OSError, pa.ArrowException):
@@ -338,12 +359,16 @@ def attach(
     collection: Any,
     *,
     allow_local: bool | str | Path | Sequence[str | Path] | None = None,
+    bands: Sequence[str] | None = None,
 ) -> str:
     """Expose a collection (Parquet file, folder of Parquet, or Collection) as view/table `name`.
 
     A path becomes a view over its Parquet files (small row groups let DuckDB call the UDFs from
     several threads); a Collection object is copied into a table. The collection's band dtypes join
     the pixel-type rule, so `load_bands` is re-registered with the promoted type when it changes.
+    `bands`: keep only these bands' `{band}_metadata` columns (aliases resolved as load_bands does).
+    DuckDB hands `load_bands` the whole row, so every band's metadata costs on every call; and only
+    these bands' dtypes join the pixel-type rule. A band without metadata raises CollectionError.
     Local hrefs stay denied unless `allow_local` is True (the folder holding the collection -- for a
     Collection object, the folders its local hrefs point into) or names allowed root folders.
     Returns the quoted name.
@@ -354,8 +379,13 @@ def attach(
     ident = _quote_ident(name)
     data_source = ""
     folder: Path | None = None
+    if isinstance(bands, str):
+        raise TypeError("attach(bands=...) wants a list of band codes, not one string")
     if isinstance(collection, Collection):
         table = collection.to_arrow()
+        if bands is not None:
+            table = table.drop_columns(_unread_band_columns(table.schema, bands, collection.data_source,
+                                                            f"collection {name!r}"))
         tmp = f"__rasterduck_attach_{state.id}"
         con.register(tmp, table)
         try:
@@ -373,17 +403,21 @@ def attach(
         first = pq.ParquetFile(files[0])  # opened once: each open parses the whole nested schema (~1.5 ms)
         schema = first.schema_arrow
         validate(schema)  # clear CollectionError before anything reads the columns
-        select = "*"
-        if _has_relative_hrefs(first, schema, folder):
-            assets_type = schema.field("assets").type
-            select = f"* REPLACE ({_resolved_assets_sql(assets_type, folder.resolve())} AS assets)"
-        con.execute(f"CREATE OR REPLACE VIEW {ident} AS SELECT {select} FROM {source}").fetchall()
-        found = _band_dtypes_files(files, first, schema) if len(files) <= 64 else None  # cheaper than a view query
-        dtypes = found if found is not None else _band_dtypes_sql(con, ident)
         meta = schema.metadata or {}
         data_source = meta.get(b"data_source", b"").decode()
         if data_source == "unknown":
             data_source = ""
+        unread = [] if bands is None else _unread_band_columns(schema, bands, data_source, str(path))
+        select = "*"
+        if unread:
+            select += f" EXCLUDE ({', '.join(_quote_ident(c) for c in unread)})"
+        if _has_relative_hrefs(first, schema, folder):
+            assets_type = schema.field("assets").type
+            select += f" REPLACE ({_resolved_assets_sql(assets_type, folder.resolve())} AS assets)"
+        con.execute(f"CREATE OR REPLACE VIEW {ident} AS SELECT {select} FROM {source}").fetchall()
+        found = (_band_dtypes_files(files, first, schema, unread) if len(files) <= 64
+                 else None)  # cheaper than a view query
+        dtypes = found if found is not None else _band_dtypes_sql(con, ident)
         local_roots = [folder.resolve()] if allow_local is True else []
     if allow_local not in (None, False, True):
         state.allow(allow_local)  # type: ignore[arg-type]

@@ -24,7 +24,8 @@ from .interrupt import install_sigint_handler
 _QUIET = {"CREATE", "DROP", "ALTER", "SET", "VARIABLE_SET", "ATTACH", "DETACH", "TRANSACTION", "LOAD",
           "PREPARE", "DEALLOCATE", "EXPORT", "VACUUM", "CREATE_FUNC"}
 HELP = """\
-.attach NAME PATH        attach a collection (Parquet file or folder) as view NAME
+.attach NAME PATH [BAND ...]  attach a collection (Parquet file or folder) as view NAME;
+                         with BANDs, only their metadata (load_bands gets smaller rows)
 .bail on|off             stop at the first error (scripts)
 .exit / .quit            leave the shell
 .help [functions]        this text, or the SQL function reference
@@ -139,11 +140,12 @@ class Shell:
                 self.error(str(exc))
                 return False
             return self.run_script(text)
-        if cmd == ".attach" and len(args) == 2:
+        if cmd == ".attach" and len(args) >= 2:
             from .register import attach
 
             try:
-                attach(self.con, args[0], args[1], allow_local=True if self.allow_local else None)
+                attach(self.con, args[0], args[1], allow_local=True if self.allow_local else None,
+                       bands=args[2:] or None)
             except (duckdb.Error, RasterduckError, OSError) as exc:
                 self.error(str(exc))
                 return False
