@@ -600,6 +600,8 @@ def test_attach_with_bands_keeps_only_their_metadata(site: Site) -> None:
         rasterduck.attach(solo, "bad", parquet, bands=["zz"])
     with pytest.raises(TypeError, match="list of band codes"):
         rasterduck.attach(solo, "bad", parquet, bands="a")
+    with pytest.raises(ValueError, match="at least one band"):
+        rasterduck.attach(solo, "bad", parquet, bands=[])
 
 
 def test_register_is_idempotent_and_found_from_cursors(site: Site) -> None:

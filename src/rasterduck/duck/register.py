@@ -381,6 +381,8 @@ def attach(
     folder: Path | None = None
     if isinstance(bands, str):
         raise TypeError("attach(bands=...) wants a list of band codes, not one string")
+    if bands is not None and not bands:
+        raise ValueError("attach(bands=...) needs at least one band code (None keeps every band)")
     if isinstance(collection, Collection):
         table = collection.to_arrow()
         if bands is not None:
@@ -415,8 +417,7 @@ def attach(
             assets_type = schema.field("assets").type
             select += f" REPLACE ({_resolved_assets_sql(assets_type, folder.resolve())} AS assets)"
         con.execute(f"CREATE OR REPLACE VIEW {ident} AS SELECT {select} FROM {source}").fetchall()
-        found = (_band_dtypes_files(files, first, schema, unread) if len(files) <= 64
-                 else None)  # cheaper than a view query
+        found = _band_dtypes_files(files, first, schema, unread) if len(files) <= 64 else None  # cheaper than SQL
         dtypes = found if found is not None else _band_dtypes_sql(con, ident)
         local_roots = [folder.resolve()] if allow_local is True else []
     if allow_local not in (None, False, True):
