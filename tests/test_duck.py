@@ -604,6 +604,39 @@ def test_attach_with_bands_keeps_only_their_metadata(site: Site) -> None:
         rasterduck.attach(solo, "bad", parquet, bands=[])
 
 
+def test_rasteret_folder_attached_with_bands_reads_like_rasterio(tmp_path: Path) -> None:
+    """rasteret 0.4.1's Hive-partitioned collection attached as a folder, with only its RGB bands: the view
+    keeps the partition columns, resolves the relative hrefs, and the pixel type is the RGB's uint8 (all
+    bands attached, its uint16, int16 and float32 bands promote it to FLOAT)."""
+    from ._paths import testdata_dir
+
+    folder = tmp_path / "rasteret"
+    shutil.copytree(testdata_dir() / "collections" / "rasteret-0.4.1-corpus", folder)
+    (folder / "geotiff").symlink_to(testdata_dir() / "geotiff")  # its hrefs are relative: geotiff/...
+    roots = [folder, testdata_dir() / "geotiff"]
+    con = rasterduck.connect()
+    rasterduck.attach(con, "every", folder, allow_local=roots)
+    rasterduck.attach(con, "rgb", folder, allow_local=roots, bands=["red", "green", "blue"])
+    cols = [d[0] for d in con.execute("SELECT * FROM rgb").description]
+    assert {"red_metadata", "green_metadata", "blue_metadata", "year", "month"} <= set(cols)
+    assert "b1_metadata" not in cols
+    path = testdata_dir() / "geotiff" / "rasterio" / "rgb_lzw.tif"
+    g = aois_for(path)[0]
+    q = "SELECT load_bands(r, '{}', ['red', 'green', 'blue']) FROM {} r WHERE r.id = 'rgb-lzw'"
+    expected = rasterio_pixels(path, g, [1, 2, 3])
+    assert expected is not None and expected["valid"].any()
+    [(px,)] = con.execute(q.format(g.wkt, "rgb")).fetchall()
+    assert_result_matches(px, expected, "uint8")
+    [(t,)] = con.execute(f"SELECT typeof(load_bands(r, '{g.wkt}', ['red'])) FROM rgb r LIMIT 1").fetchall()
+    assert '"data" FLOAT[][]' in t  # the connection also attached every band (uint16, int16, float32, uint8)
+    solo = rasterduck.connect()
+    rasterduck.attach(solo, "rgb", folder, allow_local=roots, bands=["red", "green", "blue"])
+    [(px2,)] = solo.execute(q.format(g.wkt, "rgb")).fetchall()
+    assert '"data" UTINYINT[][]' in solo.execute(f"SELECT typeof(load_bands(r, '{g.wkt}', ['red'])) FROM rgb r "
+                                                  "LIMIT 1").fetchall()[0][0]
+    assert_result_matches(px2, expected, "uint8")
+
+
 def test_register_is_idempotent_and_found_from_cursors(site: Site) -> None:
     con = rasterduck.connect()
     cur = con.cursor()
