@@ -112,6 +112,14 @@ def test_attach_command_with_and_without_bands(collection: Path) -> None:
     text, err, failed = run_in_process(script)
     assert text.splitlines() == ["n", "1", "column_name", "b1_metadata"]
     assert failed and "band 'b7' has no metadata column" in err
+    # the command line: --bands NAME=BAND,... goes with --attach NAME=PATH
+    q = "SELECT column_name FROM (DESCRIBE coll) WHERE column_name LIKE '%_metadata'"
+    out = shell("-csv", "--attach", f"coll={collection}", "--bands", "coll=b1", "-c", q)
+    assert out.returncode == 0 and out.stdout.split() == ["column_name", "b1_metadata"], out.stderr
+    out = shell("--attach", f"coll={collection}", "--bands", "coll=b7", "-c", q)
+    assert out.returncode == 1 and "band 'b7' has no metadata column" in out.stderr
+    out = shell("--attach", f"coll={collection}", "--bands", "other=b1", "-c", q)
+    assert out.returncode != 0 and "no --attach other=PATH" in out.stderr
 
 
 def test_errors_set_the_exit_code() -> None:

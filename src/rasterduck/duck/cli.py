@@ -16,6 +16,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("database", nargs="?", default=None, help="DuckDB database file (default: in memory)")
     p.add_argument("--attach", action="append", default=[], metavar="NAME=PATH",
                    help="attach a collection (Parquet file or folder) as view NAME; repeatable")
+    p.add_argument("--bands", action="append", default=[], metavar="NAME=BAND,...",
+                   help="attach only these bands' metadata to view NAME (load_bands gets smaller rows); repeatable")
     p.add_argument("--allow-local", action="store_true",
                    help="with --attach: let reads open files in the attached collections' folders; "
                         "without: any local path (default: remote URLs only)")
@@ -62,10 +64,19 @@ def _open(args: argparse.Namespace) -> Any:
         if not sep or not name or not path:
             raise SystemExit(f"--attach wants NAME=PATH, got {spec!r}")
         attaches.append((name, path))
+    bands: dict[str, list[str]] = {}
+    for spec in args.bands:
+        name, sep, codes = spec.partition("=")
+        listed = [c.strip() for c in codes.split(",") if c.strip()]
+        if not sep or not name or not listed:
+            raise SystemExit(f"--bands wants NAME=BAND[,BAND...], got {spec!r}")
+        if name not in {n for n, _ in attaches}:
+            raise SystemExit(f"--bands {spec!r}: no --attach {name}=PATH")
+        bands[name] = listed
     allow_any = args.allow_local and not attaches
     con = connect(args.database, read_only=args.readonly, allow_local=allow_any, **budget)
     for name, path in attaches:
-        attach(con, name, path, allow_local=True if args.allow_local else None)
+        attach(con, name, path, allow_local=True if args.allow_local else None, bands=bands.get(name))
     return con
 
 
