@@ -147,6 +147,21 @@ def oracle(path: Path, geom: shapely.Geometry, all_touched: bool = False) -> np.
                         indexes=list(src.indexes))[0]
 
 
+def aoi_and_dataset_mask(path: Path, geom: shapely.Geometry, window: Any) -> tuple[np.ndarray, np.ndarray]:
+    """GDAL's view of a result's window: the AOI mask (rasterio's cropped geometry mask) and the dataset mask."""
+    with rasterio.open(path) as ds:
+        aoi = ~rasterio.mask.raster_geometry_mask(ds, [geom], crop=True)[0]
+        win = RioWindow(window.col_off, window.row_off, window.width, window.height)
+        return aoi, ds.dataset_mask(window=win) != 0
+
+
+def triangle() -> shapely.Polygon:
+    """An AOI whose mask matters (a triangle across the first 256 x 256 pixels, in EPSG:32633)."""
+    x0, y0 = ORIGIN
+    return shapely.Polygon([(x0 + 20.5 * RES, y0 - 30.2 * RES), (x0 + 200.3 * RES, y0 - 40.7 * RES),
+                            (x0 + 90.1 * RES, y0 - 220.9 * RES)])
+
+
 # ------------------------------------------------------------------------------------------------
 # requests
 
@@ -312,11 +327,8 @@ def test_internal_masks_and_alpha_fill_like_gdal(tmp_path: Path, make_server: Ca
     for k, r in zip(kinds, results[:-1], strict=True):
         assert isinstance(r, ReadResult)
         assert np.array_equal(r.data, refs[k]), k
-        with rasterio.open(paths[k]) as ds:
-            aoi = ~rasterio.mask.raster_geometry_mask(ds, [g], crop=True)[0]
-            w = r.window
-            assert w is not None
-            dsmask = ds.dataset_mask(window=RioWindow(w.col_off, w.row_off, w.width, w.height)) != 0
+        assert r.window is not None
+        aoi, dsmask = aoi_and_dataset_mask(paths[k], g, r.window)
         assert np.array_equal(r.valid, aoi & dsmask), k
         if k != "plain":
             assert (r.data[0][aoi & ~dsmask] == 0).all() and (aoi & ~dsmask).any()
@@ -332,10 +344,7 @@ def test_internal_masks_and_alpha_fill_like_gdal(tmp_path: Path, make_server: Ca
     for (k, geom), r in zip([(k, geom) for k in kinds for geom in (g, g2)], shared, strict=True):
         assert isinstance(r, ReadResult) and r.window is not None
         assert np.array_equal(r.data, oracle(paths[k], geom)), k
-        with rasterio.open(paths[k]) as ds:
-            aoi = ~rasterio.mask.raster_geometry_mask(ds, [geom], crop=True)[0]
-            w = r.window
-            dsmask = ds.dataset_mask(window=RioWindow(w.col_off, w.row_off, w.width, w.height)) != 0
+        aoi, dsmask = aoi_and_dataset_mask(paths[k], geom, r.window)
         assert np.array_equal(r.valid, aoi & dsmask), k
 
 
@@ -651,21 +660,16 @@ def test_a_nodata_the_dtype_cannot_hold_leaves_valid_to_the_aoi(tmp_path: Path, 
     matches it, so `valid` is the AOI alone, and pixels outside it hold the clamped fill."""
     import dataclasses
 
-    from rasterio.features import geometry_mask
-
     path = write_cog(tmp_path / "odd_nodata.tif", width=256, height=256, count=2, block=64)
     srv = make_server()
     sources = [dataclasses.replace(s, meta=dataclasses.replace(s.meta, nodata=70000.0))
                for s in sources_of(srv.url(path.name))]
-    x0, y0 = ORIGIN
-    g = shapely.Polygon([(x0 + 20.5 * RES, y0 - 30.2 * RES), (x0 + 200.3 * RES, y0 - 40.7 * RES),
-                         (x0 + 90.1 * RES, y0 - 220.9 * RES)])
+    g = triangle()
     (r,) = read([ReadRequest("odd", g, "EPSG:32633", sources)], backend)
     assert isinstance(r, ReadResult) and r.window is not None
-    win = RioWindow(r.window.col_off, r.window.row_off, r.window.width, r.window.height)
     with rasterio.open(path) as src:
-        raw = src.read(window=win)
-        aoi = geometry_mask([g], out_shape=raw.shape[1:], transform=src.window_transform(win), invert=True)
+        raw = src.read(window=RioWindow(r.window.col_off, r.window.row_off, r.window.width, r.window.height))
+    aoi, _ = aoi_and_dataset_mask(path, g, r.window)
     assert (~aoi).any()
     assert np.array_equal(r.valid, aoi)
     assert np.array_equal(r.data, np.where(aoi, raw, np.uint16(65535)))
@@ -687,18 +691,10 @@ def test_valid_is_the_aoi_and_gdals_dataset_mask(tmp_path: Path, make_server: Ca
                      nodata=nodata, data=data)
     srv = make_server()
     sources = sources_of(srv.url(path.name))
-    x0, y0 = ORIGIN  # a triangle: the AOI mask matters
-    g = shapely.Polygon([(x0 + 20.5 * RES, y0 - 30.2 * RES), (x0 + 200.3 * RES, y0 - 40.7 * RES),
-                         (x0 + 90.1 * RES, y0 - 220.9 * RES)])
+    g = triangle()
     (r,) = read([ReadRequest("nd", g, "EPSG:32633", sources)], backend)
     assert isinstance(r, ReadResult) and r.window is not None
     assert np.array_equal(r.data, oracle(path, g), equal_nan=True)
-    from rasterio.features import geometry_mask
-
-    with rasterio.open(path) as src:
-        win = RioWindow(r.window.col_off, r.window.row_off, r.window.width, r.window.height)
-        aoi = geometry_mask([g], out_shape=(r.window.height, r.window.width), transform=src.window_transform(win),
-                            invert=True)
-        dataset = src.dataset_mask(window=win) != 0
+    aoi, dataset = aoi_and_dataset_mask(path, g, r.window)
     assert aoi.any() and (~aoi).any() and (aoi & ~dataset).any()
     assert np.array_equal(r.valid, aoi & dataset)
