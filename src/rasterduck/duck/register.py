@@ -39,6 +39,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from ..core.bands import candidates
 from ..core.metadata import METADATA_TYPE
 from ..core.read import DEFAULT_PIXEL_BUDGET
 from ..errors import CollectionError, RasterduckError
@@ -242,8 +243,6 @@ def _metadata_columns(schema: pa.Schema) -> list[str]:
 def _unread_band_columns(schema: pa.Schema, bands: Sequence[str], data_source: str, where: str) -> list[str]:
     """The `{band}_metadata` columns no band of `bands` uses (aliases count, as in load_bands); a band with
     no such column raises, naming the bands there are."""
-    from ..core.bands import candidates
-
     meta = _metadata_columns(schema)
     keep: set[str] = set()
     for band in bands:
