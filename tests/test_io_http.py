@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import os
 import random
 import subprocess
@@ -9,6 +11,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import _paths
 import pytest
@@ -16,7 +19,7 @@ from httpserver import RangeServer
 
 from rasterduck.errors import AccessDeniedError, FetchError
 from rasterduck.io import AccessPolicy, DefaultBackend, HttpOptions, run_sync, s3_to_https
-from rasterduck.io.http import parse_content_range, parse_retry_after, retry_delay
+from rasterduck.io.http import LaunchPacer, parse_content_range, parse_retry_after, retry_delay
 from rasterduck.io.loop import get_loop
 
 REL = "geotiff/rasterio/RGB.byte.tif"  # 1.7 MB
@@ -144,6 +147,98 @@ def test_limit_is_shared_across_urls(server: RangeServer, make_backend: Callable
     opened = server.connections
     run_sync(many(), timeout=30)
     assert server.connections == opened
+
+
+def test_a_burst_sends_its_first_requests_before_building_the_last(server: RangeServer,
+                                                                   make_backend: Callable[..., DefaultBackend]) -> None:
+    """32 requests started together: the first is on the wire before the last one starts (LaunchPacer),
+    instead of all 32 being built before any is sent. Events come from aiohttp's trace hooks."""
+    import asyncio
+
+    import aiohttp
+
+    events: list[tuple[str, str]] = []
+    trace = aiohttp.TraceConfig()
+
+    async def started(_s: Any, _c: Any, params: aiohttp.TraceRequestStartParams) -> None:
+        events.append(("start", params.url.path))
+
+    async def sent(_s: Any, _c: Any, params: aiohttp.TraceRequestHeadersSentParams) -> None:
+        events.append(("sent", params.url.path))
+
+    trace.on_request_start.append(started)
+    trace.on_request_headers_sent.append(sent)
+    backend = make_backend(http=dataclasses.replace(FAST, trace_configs=[trace]), max_concurrent=64)
+    urls = [server.vurl(f"burst{k}", REL) for k in range(32)]
+
+    async def burst() -> list[list[bytes]]:
+        return await asyncio.gather(*(backend.read_ranges(u, [(k, 10)]) for k, u in enumerate(urls)))
+
+    out = run_sync(burst(), timeout=30)
+    data = file_bytes()
+    assert [o[0] for o in out] == [data[k:k + 10] for k in range(32)]
+    kinds = [k for k, _p in events]
+    assert kinds.count("start") == kinds.count("sent") == 32
+    last_start = max(i for i, k in enumerate(kinds) if k == "start")
+    first_sent = kinds.index("sent")
+    assert first_sent < last_start, kinds
+    # the starts keep the callers' order: first come, first served
+    assert [p for k, p in events if k == "start"] == [urlsplit(u).path for u in urls]
+
+
+def _pass_ticks(n: int, cancel: frozenset[int] = frozenset()) -> tuple[dict[int, int], bool]:
+    """Run n tasks through one LaunchPacer, all asking in the same loop iteration; the loop iteration
+    (counted by a callback that re-arms itself each iteration) at which each passed, and whether the
+    pacer is idle again afterwards. Tasks in `cancel` are cancelled while they wait."""
+    import asyncio
+
+    async def main() -> tuple[dict[int, int], bool]:
+        loop = asyncio.get_running_loop()
+        pacer = LaunchPacer(loop)
+        tick = [0]
+        running = [True]
+
+        def count() -> None:
+            tick[0] += 1
+            if running[0]:
+                loop.call_soon(count)
+
+        passed: dict[int, int] = {}
+
+        async def one(i: int) -> None:
+            await pacer.turn()
+            passed[i] = tick[0]
+
+        loop.call_soon(count)
+        await asyncio.sleep(0)
+        tasks = [asyncio.ensure_future(one(i)) for i in range(n)]
+        await asyncio.sleep(0)  # every task has asked for its turn
+        for i in cancel:
+            tasks[i].cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for _ in range(3):
+            await asyncio.sleep(0)
+        running[0] = False
+        return passed, not pacer.busy and not pacer.waiting
+
+    return asyncio.run(main())
+
+
+def test_launch_pacer_lets_one_start_through_per_loop_iteration() -> None:
+    passed, idle = _pass_ticks(10)
+    ticks = [passed[i] for i in range(10)]
+    assert all(b > a for a, b in itertools.pairwise(ticks)), ticks  # in order, one per iteration
+    assert ticks[-1] - ticks[0] <= len(ticks)  # and without idle iterations between them
+    assert idle
+
+
+def test_launch_pacer_skips_cancelled_waiters() -> None:
+    passed, idle = _pass_ticks(8, cancel=frozenset({2, 3, 6}))
+    assert sorted(passed) == [0, 1, 4, 5, 7]
+    ticks = [passed[i] for i in sorted(passed)]
+    assert all(b > a for a, b in itertools.pairwise(ticks)), ticks
+    assert ticks[-1] - ticks[0] <= len(ticks)  # a cancelled waiter costs no iteration
+    assert idle
 
 
 # ------------------------------------------------------------------------------------------ faults

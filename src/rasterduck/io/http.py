@@ -9,6 +9,8 @@ Range request is cut short: only the bytes up to the range end are read (when th
 When the access policy refuses some addresses (private, link-local, ...), host names go through a
 resolver that drops refused addresses, so a connection only ever goes to an address that passed the
 check (no check-then-resolve-again race); a name with no allowed address fails at once, not retried.
+Requests start one per loop iteration (``LaunchPacer``), so a burst puts its first requests on the wire
+while the rest are still being built.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ import ssl
 import threading
 import time
 import weakref
-from collections.abc import Mapping
+from collections import deque
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urljoin
@@ -65,6 +68,8 @@ class HttpOptions:
     s3_endpoint: str | None = None  # e.g. a regional endpoint or MinIO; path-style URLs are used then
     ca_file: str | None = None  # extra trusted CA bundle (PEM); verification itself is always on
     user_agent: str = "rasterduck"
+    # aiohttp TraceConfigs given to the session: hooks on request start, connection, headers sent...
+    trace_configs: Sequence[aiohttp.TraceConfig] = ()
 
 
 class _Retryable(Exception):
@@ -166,6 +171,45 @@ async def _drain_small(resp: aiohttp.ClientResponse, limit: int = 64 * 1024) -> 
         resp.close()
 
 
+class LaunchPacer:
+    """Lets one request start per event-loop iteration.
+
+    asyncio runs every ready task's step in each iteration, so a burst of N requests started together
+    advances in lockstep: all N are built (URL, headers, socket, connect) before the first one is sent.
+    Here aiohttp builds a request in ~0.3 ms, so 32 requests left together ~10 ms after the first was
+    started. One start per iteration lets the selector run between starts: each request goes out a few
+    iterations after its own start (S1's 32 requests: -16 ms, S2: -23 ms). The total work is unchanged,
+    and a start that finds no burst waits for nothing.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.waiting: deque[asyncio.Future[None]] = deque()
+        self.busy = False  # a request started in this iteration
+
+    async def turn(self) -> None:
+        """Return when the caller may start its request: at once in an iteration without a start yet, else
+        in a later iteration, first come first served."""
+        if not self.busy:
+            self.busy = True
+            self.loop.call_soon(self._next)
+            return
+        fut = self.loop.create_future()
+        self.waiting.append(fut)
+        await fut
+
+    def _next(self) -> None:
+        """Wake the next waiter still waiting (a cancelled one is skipped) and keep the one-per-iteration
+        chain going while there are waiters."""
+        while self.waiting:
+            fut = self.waiting.popleft()
+            if not fut.done():
+                fut.set_result(None)
+                self.loop.call_soon(self._next)
+                return
+        self.busy = False
+
+
 class HttpBackend(CoalescingBackend):
     """Range reads over HTTP(S) with aiohttp; see the module docstring."""
 
@@ -177,6 +221,8 @@ class HttpBackend(CoalescingBackend):
         self._sessions: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aiohttp.ClientSession] = (
             weakref.WeakKeyDictionary())
         self._lock = threading.Lock()
+        self._pacers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LaunchPacer] = (
+            weakref.WeakKeyDictionary())
 
     def session(self) -> aiohttp.ClientSession:
         """The pooled session of the running loop, created on first use."""
@@ -200,7 +246,16 @@ class HttpBackend(CoalescingBackend):
                                         sock_read=o.read_timeout)
         headers = {"User-Agent": o.user_agent, "Accept-Encoding": "identity", **o.headers}
         return aiohttp.ClientSession(connector=connector, timeout=timeout, headers=headers,
-                                     auto_decompress=False, trust_env=o.trust_env, read_bufsize=o.read_bufsize)
+                                     auto_decompress=False, trust_env=o.trust_env, read_bufsize=o.read_bufsize,
+                                     trace_configs=list(o.trace_configs) or None)
+
+    def _pacer(self) -> LaunchPacer:
+        """The request pacer of the running loop (used on that loop's thread only)."""
+        loop = asyncio.get_running_loop()
+        pacer = self._pacers.get(loop)
+        if pacer is None:
+            pacer = self._pacers[loop] = LaunchPacer(loop)
+        return pacer
 
     async def close(self) -> None:
         """Close the session of the running loop; sessions of other live loops are closed on their loop."""
@@ -263,6 +318,7 @@ class HttpBackend(CoalescingBackend):
         headers = {"Range": f"bytes={start}-{start + length - 1}"}
         current = url
         for hop in range(o.max_redirects + 1):
+            await self._pacer().turn()
             try:
                 async with asyncio.timeout(o.first_byte_timeout):
                     resp = await session.get(current, headers=headers, allow_redirects=False)
