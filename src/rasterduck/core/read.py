@@ -1034,6 +1034,9 @@ async def read_batch(requests: Sequence[ReadRequest], backend: Any, *, pixel_bud
             if stopped.is_set():
                 return
             loop.call_soon_threadsafe(start, allocate_group(planner, group))
+            # give up the interpreter lock so the loop starts this group's requests now, not when the
+            # switch interval (5 ms) takes the lock from this thread (S1 -1 to -7 ms, S2 0 to -15 ms)
+            time.sleep(0)
 
     try:
         await loop.run_in_executor(pool, allocate_all)  # the start() calls it queued have run (FIFO)
