@@ -38,6 +38,7 @@ from .test_duck_helpers import (
     sql_aoi_values,
     to_4326,
     write_int8_tif,
+    write_utm_tif,
 )
 
 
@@ -552,16 +553,10 @@ def test_reference_examples_run_on_the_sample() -> None:
 
 def _two_dtype_record(root: Path, srv: RangeServer) -> Path:
     """A one-record collection with a uint16 band `a` and a float32 band `f` on one UTM grid (two files)."""
-    from rasterio.transform import from_origin
-
     rng = np.random.default_rng(11)
     hrefs = {}
     for band, dtype in (("a", "uint16"), ("f", "float32")):
-        path = root / f"two_{band}.tif"
-        with rasterio.open(path, "w", driver="GTiff", width=64, height=48, count=1, dtype=dtype, crs="EPSG:32633",
-                           transform=from_origin(500_000.0, 5_000_000.0, 30.0, 30.0), tiled=True, blockxsize=16,
-                           blockysize=16, compress="deflate", nodata=0) as dst:
-            dst.write((rng.random((48, 64)) * 5000).astype(dtype), 1)
+        path = write_utm_tif(root / f"two_{band}.tif", (rng.random((48, 64)) * 5000).astype(dtype), nodata=0)
         hrefs[band] = srv.url(path.name)
     item = {"type": "Feature", "stac_version": "1.0.0", "id": "two", "geometry": None,
             "properties": {"datetime": "2024-05-03T10:00:00Z"},

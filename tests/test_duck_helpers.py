@@ -37,22 +37,29 @@ CORPUS = {
 }
 
 
-def write_int8_tif(path: Path, *, width: int = 70, height: int = 50, tile: int = 16) -> Path:
-    """A tiled, deflated, georeferenced int8 GeoTIFF (UTM 33N) with a nodata value and some nodata pixels."""
+def write_utm_tif(path: Path, data: np.ndarray, *, nodata: float | None, tile: int = 16) -> Path:
+    """A tiled, deflated single-band GeoTIFF of `data` (its dtype kept) written by GDAL on a 30 m UTM 33N
+    grid whose top-left corner is 500,000 E / 5,000,000 N."""
     import rasterio
     from rasterio.transform import from_origin
 
-    rng = np.random.default_rng(8)
-    data = rng.integers(-127, 128, size=(height, width), dtype=np.int16).astype(np.int8)
-    data[5:9, 10:30] = -128  # nodata stripe
+    height, width = data.shape
     profile = {
-        "driver": "GTiff", "width": width, "height": height, "count": 1, "dtype": "int8",
-        "crs": "EPSG:32633", "transform": from_origin(500_000.0, 5_000_000.0, 30.0, 30.0), "nodata": -128,
+        "driver": "GTiff", "width": width, "height": height, "count": 1, "dtype": data.dtype.name,
+        "crs": "EPSG:32633", "transform": from_origin(500_000.0, 5_000_000.0, 30.0, 30.0), "nodata": nodata,
         "tiled": True, "blockxsize": tile, "blockysize": tile, "compress": "deflate",
     }
     with rasterio.open(path, "w", **profile) as dst:
         dst.write(data, 1)
     return path
+
+
+def write_int8_tif(path: Path, *, width: int = 70, height: int = 50, tile: int = 16) -> Path:
+    """A tiled, deflated, georeferenced int8 GeoTIFF (UTM 33N) with a nodata value and some nodata pixels."""
+    rng = np.random.default_rng(8)
+    data = rng.integers(-127, 128, size=(height, width), dtype=np.int16).astype(np.int8)
+    data[5:9, 10:30] = -128  # nodata stripe
+    return write_utm_tif(path, data, nodata=-128, tile=tile)
 
 
 def raster_bounds(path: Path) -> tuple[tuple[float, float, float, float], str]:
